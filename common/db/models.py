@@ -1,0 +1,258 @@
+"""Typed SQLAlchemy 2 models: the tables that are continuum's source of truth.
+
+Celery only carries job ids; everything a job needs or produces is a row here (plus objects in the
+object store that rows point to). Unique keys make side effects effectively-once: a retried job that
+inserts the same row hits the key instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger there would break autoincrement.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class JobState(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    skipped = "skipped"
+
+    @property
+    def finished(self) -> bool:
+        return self in {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.skipped}
+
+
+class Feedback(Base):
+    """One user judgement of one model response. `dataset_id` set = claimed by exactly one export."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    messages: Mapped[list[Any] | None] = mapped_column(JSON)
+    feedback: Mapped[str] = mapped_column(String(20))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
+
+    # Export scans the unclaimed rows in id order; a partial index keeps that cheap as history grows.
+    __table_args__ = (
+        Index(
+            "ix_feedback_unclaimed",
+            "id",
+            postgresql_where="dataset_id IS NULL",
+            sqlite_where="dataset_id IS NULL",
+        ),
+        Index("ix_feedback_dataset_id", "dataset_id"),
+    )
+
+
+class FeedbackQuarantine(Base):
+    """An input row that failed validation, kept with where it came from and why."""
+
+    __tablename__ = "feedback_quarantine"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(500))
+    line_number: Mapped[int | None] = mapped_column(Integer)
+    raw: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """A published dataset shard (+ manifest) in the object store; exists only once fully written."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(32), default="feedback")
+    uri: Mapped[str] = mapped_column(String(1000))
+    manifest_key: Mapped[str] = mapped_column(String(1000))
+    num_rows: Mapped[int] = mapped_column(Integer)
+    num_train: Mapped[int] = mapped_column(Integer)
+    num_holdout: Mapped[int] = mapped_column(Integer)
+    num_duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    num_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(String(64))
+    schema_version: Mapped[int] = mapped_column(Integer)
+    min_feedback_id: Mapped[int | None] = mapped_column(BigId)
+    max_feedback_id: Mapped[int | None] = mapped_column(BigId)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    job_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PipelineRun(Base):
+    """One export → fisher → train → evaluate → promote run; unique per (schedule, tick)."""
+
+    __tablename__ = "pipeline_runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    schedule: Mapped[str | None] = mapped_column(String(100))
+    tick: Mapped[datetime | None] = mapped_column()
+    state: Mapped[str] = mapped_column(String(20), default=JobState.queued.value)
+    current_step: Mapped[str | None] = mapped_column(String(20))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class Job(Base):
+    """The ledger row of one job. Celery carries only `id`; the state machine lives here."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    queue: Mapped[str] = mapped_column(String(32), default="cpu")
+    state: Mapped[str] = mapped_column(String(20), default=JobState.queued.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    pipeline_run_id: Mapped[str | None] = mapped_column(ForeignKey("pipeline_runs.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class FisherArtifact(Base):
+    """A diagonal Fisher over LoRA parameters (safetensors in the object store)."""
+
+    __tablename__ = "fisher"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uri: Mapped[str] = mapped_column(String(1000))
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"))
+    previous_id: Mapped[int | None] = mapped_column(ForeignKey("fisher.id"))
+    dataset_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    num_samples: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(32))
+    gamma: Mapped[float] = mapped_column(Float)
+    base_model: Mapped[str] = mapped_column(String(500))
+    job_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Adapter(Base):
+    """One published adapter version (PEFT format); `parent_id` links the continual lineage."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), default="default")
+    version: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"))
+    lineage: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    base_model: Mapped[str] = mapped_column(String(500))
+    uri: Mapped[str] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(20), default="candidate")
+    dataset_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    fisher_id: Mapped[int | None] = mapped_column(Integer)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    job_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_adapters_name_version"),)
+
+
+class Alias(Base):
+    """A movable name (`production`) pointing at an adapter; `revision` makes moves compare-and-set."""
+
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id"))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AliasHistory(Base):
+    """Append-only record of every attempt to move an alias, successful or not."""
+
+    __tablename__ = "alias_history"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(100), index=True)
+    action: Mapped[str] = mapped_column(String(20))
+    from_adapter_id: Mapped[int | None] = mapped_column(Integer)
+    to_adapter_id: Mapped[int | None] = mapped_column(Integer)
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """Metrics of one candidate adapter: plasticity, retention/forgetting, KL drift."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), index=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    passed_gate: Mapped[bool | None] = mapped_column(Boolean)
+    job_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A live (or once-live) worker: what it can serve and when it last said so."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    device: Mapped[str] = mapped_column(String(20))
+    memory_bytes: Mapped[int | None] = mapped_column(BigId)
+    queues: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

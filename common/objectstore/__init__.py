@@ -1,0 +1,24 @@
+"""Object storage behind one interface: a local folder (embedded) or S3-compatible (distributed)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from common.objectstore.base import ObjectStore
+from common.objectstore.keys import join, validate_key
+from common.objectstore.local import LocalObjectStore
+from common.settings import Settings
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The store the settings name: `file://PATH` or `s3://bucket/prefix`."""
+    url = settings.resolved_storage_url
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return LocalObjectStore(parts.netloc + parts.path)  # file://./rel or file:///abs
+    from common.objectstore.s3 import S3ObjectStore
+
+    return S3ObjectStore.from_settings(settings)
+
+
+__all__ = ["LocalObjectStore", "ObjectStore", "join", "open_store", "validate_key"]

@@ -1,0 +1,100 @@
+"""A local-folder ObjectStore: the embedded default, and a real alternative to S3 in tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from common.errors import ObjectNotFound, ObjectStorePermanent, ObjectStoreUnavailable
+from common.objectstore.base import ObjectStore
+from common.objectstore.keys import validate_key, validate_prefix
+
+_TMP_SUFFIX = ".continuum-partial"
+
+
+class LocalObjectStore(ObjectStore):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    @contextmanager
+    def _os_errors(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object {key!r} in {self.url}") from None
+        except PermissionError as exc:
+            raise ObjectStorePermanent(f"permission denied for {key!r} in {self.url}: {exc}") from None
+        except OSError as exc:
+            raise ObjectStoreUnavailable(f"local object store error for {key!r}: {exc}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as fh:
+            fh.write(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._os_errors(key):
+            return self._path(key).read_bytes()
+
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[BinaryIO]:
+        with self._os_errors(key):
+            fh = open(self._path(key), "rb")
+        with fh:
+            yield fh
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        with self._os_errors(key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write beside the target, then rename: readers never see a partial object.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            with self._os_errors(key):
+                os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        validate_prefix(prefix)
+        # Walk only the deepest directory the prefix names, not the whole store.
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return iter(())
+        keys = []
+        for dirpath, _dirnames, filenames in os.walk(base):
+            for name in filenames:
+                if name.endswith(_TMP_SUFFIX):
+                    continue
+                key = Path(dirpath, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return iter(sorted(keys))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with self._os_errors(key):
+            self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        count = super().delete_prefix(prefix)
+        if prefix.endswith("/") and (self.root / prefix).is_dir():
+            shutil.rmtree(self.root / prefix, ignore_errors=True)
+        return count

@@ -1,0 +1,1 @@
+"""Producer API, pipeline definition, beat schedule and the `continuum` CLI."""

@@ -1,0 +1,1 @@
+"""Celery app and one package per job kind; the torch code lives here."""
