@@ -43,8 +43,11 @@ class Settings(BaseSettings):
 
     mode: Mode = Field(Mode.embedded, description="`embedded` (one machine, no servers) or `distributed`.")
     home: Path = Field(Path(".continuum"), description="Folder for embedded-mode state (SQLite, objects, broker).")
+    # repr=False: these URLs usually embed a password, and settings objects end up in logs.
     database_url: str = Field(
-        "", description="SQLAlchemy URL of the source-of-truth database; empty = SQLite file under `home`."
+        "",
+        repr=False,
+        description="SQLAlchemy URL of the source-of-truth database; empty = SQLite file under `home`.",
     )
     storage_url: str = Field(
         "", description="`file://PATH` or `s3://bucket/prefix`; empty = `file://<home>/objects`."
@@ -56,7 +59,9 @@ class Settings(BaseSettings):
         SecretStr(""), description="S3 secret key; empty = AWS_SECRET_ACCESS_KEY."
     )
     broker_url: str = Field(
-        "", description="Celery broker URL (`redis://…`); empty = the embedded SQLite broker under `home`."
+        "",
+        repr=False,
+        description="Celery broker URL (`redis://…`); empty = the embedded SQLite broker under `home`."
     )
     flower_basic_auth: SecretStr = Field(
         SecretStr(""), description="`user:password` for Flower; required outside embedded mode."
@@ -73,11 +78,108 @@ class Settings(BaseSettings):
     export_max_rows: int = Field(2_000_000, ge=1, description="Most feedback rows one export claims.")
     holdout_percent: int = Field(10, ge=0, le=50, description="Share of exported rows held out for evaluation.")
 
+    # Learning: what is trained, where, and with which recipe. Job parameters may override per run.
+    base_model: str = Field(
+        "", description="Base model: a local path or hub id; empty = the built-in tiny model (made once, kept in storage)."
+    )
+    device: str = Field("auto", description="`auto` (cuda > mps > cpu), `cuda`, `mps` or `cpu` for ML jobs.")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4-bit (CUDA + bitsandbytes only).")
+    adapter_name: str = Field("default", description="Name of the continually trained adapter lineage.")
+    recipe: str = Field("default", description="Continual recipe: `default` (replay + regularisers) or `naive`.")
+    train_epochs: int = Field(0, ge=0, description="Epochs per training cycle; 0 = the recipe's default.")
+    fisher_max_samples: int = Field(256, ge=1, description="Most samples one Fisher computation reads.")
+    eval_max_samples: int = Field(200, ge=1, description="Most samples per evaluation set (keeps cost flat as history grows).")
+    promote_max_forgetting: float = Field(
+        0.10, ge=0, le=1, description="Promotion gate: largest forgetting ratio on earlier data allowed."
+    )
+    promote_min_plasticity: float = Field(
+        0.50, ge=0, le=1, description="Promotion gate: least answer accuracy on what this cycle taught."
+    )
+
+    # ---- Distributed execution (job ledger, Celery, workers, beat, promotion) -- owned by issue 4 ----
+    job_lease_seconds: int = Field(
+        60, ge=2, description="A claimed job's lease; a worker that stops heartbeating loses the job after this long."
+    )
+    job_heartbeat_seconds: float = Field(
+        3.0, gt=0, description="How often a running job renews its lease and checks for a cancel request."
+    )
+    job_max_attempts: int = Field(3, ge=1, description="Tries before a job stays `failed` for good (dead letter).")
+    job_soft_time_limits: dict[str, int] = Field(
+        default_factory=lambda: {
+            "export": 1800, "fisher": 3600, "train": 6 * 3600, "evaluate": 3600, "promote": 300,
+            "sleep": 600, "noop": 60,
+        },
+        description="Per job kind, seconds before the job is asked to checkpoint and requeue (JSON object).",
+    )
+    job_hard_time_limit_grace_seconds: int = Field(
+        120, ge=1, description="Seconds after the soft limit before a job's process is killed."
+    )
+    broker_visibility_timeout_seconds: int = Field(
+        12 * 3600,
+        ge=1,
+        description="Redis redelivers an unacked message after this long; must exceed the longest hard time limit.",
+    )
+    child_stop_grace_seconds: float = Field(
+        5.0, gt=0, description="After SIGTERM, seconds a job process gets to checkpoint before SIGKILL."
+    )
+    reaper_interval_seconds: float = Field(
+        30.0, gt=0, description="How often beat re-enqueues jobs whose lease expired."
+    )
+    queued_resend_seconds: int = Field(
+        900, ge=1, description="A job queued this long without being claimed has its message sent again."
+    )
+    worker_heartbeat_seconds: float = Field(15.0, gt=0, description="How often a worker refreshes its `workers` row.")
+    worker_live_seconds: int = Field(
+        60, ge=1, description="A worker whose heartbeat is younger than this counts as live for `device=auto` routing."
+    )
+    pipeline_schedule: str = Field(
+        "0 2 * * 1",
+        description="When beat starts a pipeline: a 5-field cron (default Monday 02:00 UTC) or `@every <N>s`.",
+    )
+    pipeline_schedule_name: str = Field("weekly", description="Name of the beat schedule (part of its run key).")
+    pipeline_min_samples: int = Field(
+        8, ge=1, description="A pipeline run with fewer new feedback rows than this ends `skipped` without training."
+    )
+    promote_max_forgetting: float = Field(
+        0.10, description="Promotion gate: largest forgetting ratio on earlier data a candidate may show."
+    )
+    promote_min_gain: float = Field(
+        0.0, description="Promotion gate: smallest improvement on the new data (plasticity) a candidate must show."
+    )
+    hot_swap_url: str = Field(
+        "", description="Serving engine base URL (vLLM-compatible); after a promotion it loads the new adapter."
+    )
+    hot_swap_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of each hot-swap HTTP call.")
+    flower_port: int = Field(5555, ge=1, le=65535, description="Port `continuum flower` listens on.")
+    # ---- end of distributed-execution block ----
+
     @field_validator("storage_url")
     @classmethod
     def _storage_scheme(cls, value: str) -> str:
-        if value and urlsplit(value).scheme not in {"file", "s3"}:
-            raise ValueError("storage_url must start with file:// or s3://")
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"file", "s3"}:
+            raise ValueError("storage_url must start with file:// or s3:// (e.g. s3://bucket/prefix)")
+        if parts.scheme == "s3" and not parts.netloc:
+            raise ValueError("storage_url s3://… needs a bucket name: s3://bucket/prefix")
+        if parts.scheme == "file" and not (parts.netloc + parts.path):
+            raise ValueError("storage_url file://… needs a folder: file:///abs/path or file://./relative")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: str) -> str:
+        if value:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(value)
+            except ArgumentError:
+                raise ValueError(
+                    "database_url is not a SQLAlchemy URL (e.g. postgresql+psycopg://user:pass@host/db)"
+                ) from None
         return value
 
     # Derived locations: defaults point inside `home` so one folder holds all embedded state.
@@ -109,37 +211,74 @@ class Settings(BaseSettings):
         problems: list[str] = []
         if not self.database_url:
             problems.append("set CONTINUUM_DATABASE_URL (e.g. postgresql+psycopg://user:pass@host/db)")
-        else:
-            password = urlsplit(self.database_url).password
-            if self.database_url.startswith("postgres") and (password or "") in KNOWN_DEFAULT_SECRETS:
-                problems.append("the database password in CONTINUUM_DATABASE_URL is missing or a known default")
+        elif self.database_url.startswith("sqlite"):
+            problems.append("CONTINUUM_DATABASE_URL is SQLite: distributed mode needs a Postgres server all workers share")
+        elif _is_default_secret(_url_password(self.database_url)):
+            problems.append("the database password in CONTINUUM_DATABASE_URL is missing or a known default: set a strong one")
         if not self.broker_url:
             problems.append("set CONTINUUM_BROKER_URL (e.g. redis://:password@host:6379/0)")
-        if self.resolved_storage_url.startswith("s3://"):
-            _, secret = self.s3_credentials()
-            if secret in KNOWN_DEFAULT_SECRETS:
+        elif self.broker_url.startswith("redis") and (urlsplit(self.broker_url).password or "") in KNOWN_DEFAULT_SECRETS:
+            problems.append("the Redis password in CONTINUUM_BROKER_URL is missing or a known default")
+        else:
+            broker = urlsplit(self.broker_url)
+            password = _url_password(self.broker_url)
+            # A password-less Redis is only acceptable where nothing but this machine can reach it.
+            if password and _is_default_secret(password):
+                problems.append("the broker password in CONTINUUM_BROKER_URL is a known default: set a strong one")
+            elif not password and broker.scheme.startswith("redis") and broker.hostname not in _LOOPBACK_HOSTS:
+                problems.append(
+                    "CONTINUUM_BROKER_URL has no password for a non-loopback Redis: use redis://:password@host:6379/0"
+                )
+        if not self.storage_url:
+            problems.append("set CONTINUUM_STORAGE_URL=s3://bucket/prefix (workers on other machines cannot see a local folder)")
+        elif self.storage_url.startswith("s3://"):
+            key, secret = self.s3_credentials()
+            if not key:
+                problems.append("set CONTINUUM_S3_ACCESS_KEY_ID (or AWS_ACCESS_KEY_ID)")
+            if _is_default_secret(secret):
                 problems.append(
                     "the S3 secret key (CONTINUUM_S3_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY) is missing or a known default"
                 )
         if problems:
-            raise ConfigError("distributed mode refuses unsafe settings: " + "; ".join(problems))
+            numbered = " ".join(f"({i}) {p};" for i, p in enumerate(problems, 1)).rstrip(";")
+            raise ConfigError(f"distributed mode refuses unsafe settings, {len(problems)} problem(s): {numbered}")
         return self
 
     def check_flower_auth(self) -> str:
         """The Flower `user:password`; outside embedded mode a missing or default password is refused."""
         auth = self.flower_basic_auth.get_secret_value()
         user, _, password = auth.partition(":")
-        if self.mode is Mode.distributed and (not user or password in KNOWN_DEFAULT_SECRETS):
+        if self.mode is Mode.distributed and (not user or _is_default_secret(password)):
             raise ConfigError("set CONTINUUM_FLOWER_BASIC_AUTH=user:strong-password before starting Flower")
         return auth
+
+
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def _url_password(url: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(urlsplit(url).password or "")
+
+
+def _is_default_secret(secret: str) -> bool:
+    return secret.strip().lower() in KNOWN_DEFAULT_SECRETS
 
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (plus explicit overrides); the only place they are made."""
     from pydantic import ValidationError as PydanticValidationError
 
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        # extra="ignore" is for stray environment variables; a misspelt keyword is a bug to report.
+        raise ConfigError(f"unknown setting(s) {unknown}; see `Settings` for the valid names")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except PydanticValidationError as exc:
-        problems = [f"CONTINUUM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()]
+        problems = [
+            f"CONTINUUM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

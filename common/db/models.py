@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -74,8 +75,8 @@ class Feedback(Base):
         Index(
             "ix_feedback_unclaimed",
             "id",
-            postgresql_where="dataset_id IS NULL",
-            sqlite_where="dataset_id IS NULL",
+            postgresql_where=text("dataset_id IS NULL"),
+            sqlite_where=text("dataset_id IS NULL"),
         ),
         Index("ix_feedback_dataset_id", "dataset_id"),
     )

@@ -6,7 +6,8 @@ import re
 
 from common.errors import InvalidKey
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 control characters plus the Unicode line/paragraph separators: all invisible in logs.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_KEY_BYTES = 1024  # S3's limit
 
 
@@ -39,4 +40,8 @@ def validate_prefix(prefix: str) -> str:
 
 
 def join(*parts: str) -> str:
-    return validate_key("/".join(p.strip("/") for p in parts if p))
+    """Join key parts with '/', dropping empty parts and trailing slashes; the result is validated.
+
+    A leading '/' is NOT stripped: `join("a", "/etc")` is refused (an absolute part is a bug, not a key).
+    """
+    return validate_key("/".join(p.rstrip("/") for p in parts if p))

@@ -27,9 +27,16 @@ class LocalObjectStore(ObjectStore):
         return self.root / validate_key(key)
 
     @contextmanager
-    def _os_errors(self, key: str) -> Iterator[None]:
+    def _os_errors(self, key: str, writing: bool = False) -> Iterator[None]:
         try:
             yield
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            # A folder cannot be both a key and a prefix ("a" and "a/b"); S3 allows it, a disk does not.
+            if writing:
+                raise ObjectStorePermanent(
+                    f"cannot write {key!r} in {self.url}: a key and a prefix of the same name collide ({exc.strerror})"
+                ) from None
+            raise ObjectNotFound(f"no object {key!r} in {self.url}") from None
         except FileNotFoundError:
             raise ObjectNotFound(f"no object {key!r} in {self.url}") from None
         except PermissionError as exc:
@@ -55,16 +62,22 @@ class LocalObjectStore(ObjectStore):
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         path = self._path(key)
-        with self._os_errors(key):
+        with self._os_errors(key, writing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                raise IsADirectoryError(21, "is a prefix of other keys")
             # Write beside the target, then rename: readers never see a partial object.
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh
-                fh.flush()
-                os.fsync(fh.fileno())
-            with self._os_errors(key):
+                if not fh.closed:  # the caller (or a wrapper such as TextIOWrapper) may have closed it
+                    fh.flush()
+            with self._os_errors(key, writing=True):
+                # mkstemp makes 0600 files; objects are shared with other local processes like S3 objects.
+                os.chmod(tmp, 0o644)
+                with open(tmp, "rb") as synced:
+                    os.fsync(synced.fileno())  # durable before it becomes visible
                 os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -90,8 +103,11 @@ class LocalObjectStore(ObjectStore):
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            return  # a prefix, not an object: nothing stored under this exact key
         with self._os_errors(key):
-            self._path(key).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> int:
         count = super().delete_prefix(prefix)

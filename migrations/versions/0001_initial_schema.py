@@ -152,7 +152,7 @@ def upgrade() -> None:
     with op.batch_alter_table('feedback', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_feedback_content_hash'), ['content_hash'], unique=False)
         batch_op.create_index('ix_feedback_dataset_id', ['dataset_id'], unique=False)
-        batch_op.create_index('ix_feedback_unclaimed', ['id'], unique=False, postgresql_where='dataset_id IS NULL', sqlite_where='dataset_id IS NULL')
+        batch_op.create_index('ix_feedback_unclaimed', ['id'], unique=False, postgresql_where=sa.text('dataset_id IS NULL'), sqlite_where=sa.text('dataset_id IS NULL'))
 
     op.create_table('fisher',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -212,7 +212,7 @@ def downgrade() -> None:
     op.drop_table('jobs')
     op.drop_table('fisher')
     with op.batch_alter_table('feedback', schema=None) as batch_op:
-        batch_op.drop_index('ix_feedback_unclaimed', postgresql_where='dataset_id IS NULL', sqlite_where='dataset_id IS NULL')
+        batch_op.drop_index('ix_feedback_unclaimed', postgresql_where=sa.text('dataset_id IS NULL'), sqlite_where=sa.text('dataset_id IS NULL'))
         batch_op.drop_index('ix_feedback_dataset_id')
         batch_op.drop_index(batch_op.f('ix_feedback_content_hash'))
 

@@ -1,0 +1,15 @@
+"""The job ledger (guide §3): jobs are rows; claims are leases; every transition is conditional."""
+
+from __future__ import annotations
+
+from common.ledger.ledger import (
+    Claim,
+    ClaimOutcome,
+    Heartbeat,
+    JobLedger,
+    ReapResult,
+    is_finished,
+    utc_now,
+)
+
+__all__ = ["Claim", "ClaimOutcome", "Heartbeat", "JobLedger", "ReapResult", "is_finished", "utc_now"]

@@ -1,0 +1,70 @@
+"""The `continuum` command line (Typer + Rich).
+
+Each topic lives in its own module exposing `register(app)`; this file only assembles them and turns
+our exceptions into one clear line (no traceback unless `--debug`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from scheduler.cli.context import console, state
+
+app = typer.Typer(
+    name="continuum",
+    help="Keep a LoRA adapter learning from user feedback, cycle after cycle, without forgetting.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Topic modules, each with `register(app)`. Listed, not discovered, so the CLI's shape is explicit.
+_TOPICS = [
+    "scheduler.cli.db",
+    "scheduler.cli.feedback",
+    "scheduler.cli.export",
+    "scheduler.cli.config",
+    "scheduler.cli.report",
+    "scheduler.cli.worker",
+]
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    state.debug = debug
+
+
+for _module in _TOPICS:
+    importlib.import_module(_module).register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    from common.errors import ContinuumError
+
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        console.print("aborted", style="red")
+        sys.exit(130)
+    except ContinuumError as exc:
+        if state.debug:
+            raise
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors and anything unexpected
+        # Typer vendors its own click, so usage errors are recognised by shape, not by class.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if state.debug:
+            raise
+        console.print(f"[red]error:[/red] {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
+        sys.exit(1)

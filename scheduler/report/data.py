@@ -1,0 +1,239 @@
+"""What the report shows, read from the database into plain dataclasses (no plotting here).
+
+Metrics shape the evaluate job writes into `Evaluation.metrics` (every key optional; read defensively
+so an older or partial row still renders):
+
+    accuracy_by_dataset: {dataset_id: accuracy in [0, 1]}   one row of the accuracy matrix
+    plasticity:          accuracy on the data this cycle taught
+    forgetting:          float, or {"max": float, "mean": float} over earlier datasets
+    kl_drift:            KL divergence from the base model
+    train_loss_curve:    [float, ...]  (also read from Adapter.metadata_["train"]["loss_curve"])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.db.models import Adapter, AliasHistory, Evaluation
+
+
+@dataclass(frozen=True)
+class VersionPoint:
+    """One adapter version and its (latest) evaluation."""
+
+    adapter_id: int
+    lineage: str
+    version: int
+    created_at: datetime
+    status: str
+    dataset_ids: tuple[int, ...]
+    accuracy_by_dataset: dict[int, float] = field(default_factory=dict)
+    plasticity: float | None = None
+    forgetting_max: float | None = None
+    forgetting_mean: float | None = None
+    kl_drift: float | None = None
+    passed_gate: bool | None = None
+    loss_curve: tuple[float, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.lineage}@v{self.version}"
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    """One attempt to move the alias (successful or refused)."""
+
+    at: datetime
+    action: str
+    from_label: str | None
+    to_label: str | None
+    to_adapter_id: int | None
+    succeeded: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class ProductionSpan:
+    """An interval during which one version held the alias; `end` None = still holds it."""
+
+    adapter_id: int
+    label: str
+    start: datetime
+    end: datetime | None
+
+
+@dataclass
+class ReportData:
+    """Everything the report renders."""
+
+    generated_at: datetime
+    alias: str
+    lineages: dict[str, list[VersionPoint]]
+    dataset_labels: dict[int, str]
+    alias_events: list[AliasEvent]
+    spans: list[ProductionSpan]
+
+    @property
+    def versions(self) -> list[VersionPoint]:
+        return [point for points in self.lineages.values() for point in points]
+
+    def holder(self) -> str | None:
+        """The version holding the alias now."""
+        current = [span for span in self.spans if span.end is None]
+        return current[-1].label if current else None
+
+
+def as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every timestamp we write is UTC.
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (missing, text, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _dataset_key(key: Any) -> int | None:
+    # JSON object keys are strings: "3" → 3.
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        return None
+
+
+def accuracy_row(metrics: dict[str, Any], dataset_id: int | None) -> dict[int, float]:
+    """`accuracy_by_dataset` as {dataset_id: acc}; a mapping or a list of {dataset_id, accuracy} rows."""
+    raw = metrics.get("accuracy_by_dataset")
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    elif isinstance(raw, list):
+        pairs = [(item.get("dataset_id"), item.get("accuracy")) for item in raw if isinstance(item, dict)]
+    row = {}
+    for key, value in pairs:
+        dataset, accuracy = _dataset_key(key), _number(value)
+        if dataset is not None and accuracy is not None:
+            row[dataset] = accuracy
+    # Plasticity is the accuracy on this cycle's own dataset: fill the diagonal when it is all we have.
+    plasticity = _number(metrics.get("plasticity"))
+    if dataset_id is not None and dataset_id not in row and plasticity is not None:
+        row[dataset_id] = plasticity
+    return row
+
+
+def forgetting_pair(metrics: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(max, mean) forgetting from a float, a {"max", "mean"} mapping, or flat `forgetting_max/mean` keys."""
+    raw = metrics.get("forgetting")
+    if isinstance(raw, dict):
+        return _number(raw.get("max")), _number(raw.get("mean"))
+    single = _number(raw)
+    return (
+        _number(metrics.get("forgetting_max")) if single is None else single,
+        _number(metrics.get("forgetting_mean")) if single is None else single,
+    )
+
+
+def loss_curve(adapter: Adapter, metrics: dict[str, Any]) -> tuple[float, ...]:
+    train = (adapter.metadata_ or {}).get("train")
+    raw = train.get("loss_curve") if isinstance(train, dict) else None
+    if not isinstance(raw, list):
+        raw = metrics.get("train_loss_curve")
+    if not isinstance(raw, list):
+        return ()
+    values = [_number(value) for value in raw]
+    return tuple(value for value in values if value is not None)
+
+
+def _version_point(adapter: Adapter, evaluation: Evaluation | None) -> VersionPoint:
+    metrics = evaluation.metrics if evaluation is not None and isinstance(evaluation.metrics, dict) else {}
+    forgetting_max, forgetting_mean = forgetting_pair(metrics)
+    dataset_ids = tuple(d for d in (_dataset_key(x) for x in adapter.dataset_ids or []) if d is not None)
+    # The dataset this cycle taught: the evaluation's, else the newest the adapter trained on.
+    own_dataset = evaluation.dataset_id if evaluation is not None else None
+    if own_dataset is None and dataset_ids:
+        own_dataset = dataset_ids[-1]
+    return VersionPoint(
+        adapter_id=adapter.id,
+        lineage=adapter.name,
+        version=adapter.version,
+        created_at=as_utc(adapter.created_at),
+        status=adapter.status,
+        dataset_ids=dataset_ids,
+        accuracy_by_dataset=accuracy_row(metrics, own_dataset),
+        plasticity=_number(metrics.get("plasticity")),
+        forgetting_max=forgetting_max,
+        forgetting_mean=forgetting_mean,
+        kl_drift=_number(metrics.get("kl_drift")),
+        passed_gate=evaluation.passed_gate if evaluation is not None else None,
+        loss_curve=loss_curve(adapter, metrics),
+    )
+
+
+def production_spans(events: list[AliasEvent]) -> list[ProductionSpan]:
+    """Intervals of holding the alias, from the successful moves in time order."""
+    spans: list[ProductionSpan] = []
+    for event in events:
+        if not event.succeeded:
+            continue
+        if spans and spans[-1].end is None:
+            last = spans[-1]
+            spans[-1] = ProductionSpan(last.adapter_id, last.label, last.start, event.at)
+        if event.to_adapter_id is not None:
+            spans.append(ProductionSpan(event.to_adapter_id, event.to_label or "?", event.at, None))
+    return spans
+
+
+def load_report_data(session: Session, alias: str = "production", lineages: list[str] | None = None) -> ReportData:
+    """Read adapters, their latest evaluations, datasets and the alias history."""
+    adapter_query = select(Adapter).order_by(Adapter.name, Adapter.version)
+    if lineages:
+        adapter_query = adapter_query.where(Adapter.name.in_(lineages))
+    adapters = list(session.scalars(adapter_query))
+    latest: dict[int, Evaluation] = {}
+    for evaluation in session.scalars(select(Evaluation).order_by(Evaluation.created_at, Evaluation.id)):
+        latest[evaluation.adapter_id] = evaluation  # later rows win: a re-evaluation replaces the first
+
+    by_lineage: dict[str, list[VersionPoint]] = {}
+    for adapter in adapters:
+        by_lineage.setdefault(adapter.name, []).append(_version_point(adapter, latest.get(adapter.id)))
+
+    points = [point for group in by_lineage.values() for point in group]
+    dataset_ids = sorted({d for point in points for d in (*point.accuracy_by_dataset, *point.dataset_ids)})
+    # Datasets are exported one per cycle, so id order is round order.
+    dataset_labels = {d: f"round {i + 1}\nds {d}" for i, d in enumerate(dataset_ids)}
+
+    labels = {a.id: f"{a.name}@v{a.version}" for a in session.scalars(select(Adapter))}
+    history = session.scalars(
+        select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.created_at, AliasHistory.id)
+    )
+    events = [
+        AliasEvent(
+            at=as_utc(row.created_at),
+            action=row.action,
+            from_label=labels.get(row.from_adapter_id) if row.from_adapter_id is not None else None,
+            to_label=labels.get(row.to_adapter_id) if row.to_adapter_id is not None else None,
+            to_adapter_id=row.to_adapter_id,
+            succeeded=bool(row.succeeded),
+            reason=row.reason,
+        )
+        for row in history
+    ]
+    now = datetime.now(timezone.utc)
+    return ReportData(
+        generated_at=now,
+        alias=alias,
+        lineages=by_lineage,
+        dataset_labels=dataset_labels,
+        alias_events=events,
+        spans=production_spans(events),
+    )

@@ -1,0 +1,105 @@
+"""The self-contained HTML page: inline CSS, plots as base64 `data:` PNGs, no script, no network."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from html import escape
+
+from scheduler.report.data import ReportData, VersionPoint
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure: file name on disk, heading and caption on the page."""
+
+    filename: str
+    title: str
+    caption: str
+    png: bytes
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #222; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; }
+.meta { color: #666; margin-top: 0; }
+table { border-collapse: collapse; font-size: 0.9rem; margin: 1rem 0 2rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: right; }
+th:first-child, td:first-child, td.text { text-align: left; }
+tr.production td { background: #eef7ee; font-weight: 600; }
+figure { margin: 1.5rem 0 2.5rem; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9rem; }
+"""
+
+
+# Left-aligned columns; the rest are numbers.
+_TEXT_COLUMNS = ("version", "created", "datasets", "gate", "status")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _gate(point: VersionPoint) -> str:
+    return {True: "passed", False: "rejected", None: "–"}[point.passed_gate]
+
+
+def summary_rows(data: ReportData) -> list[dict[str, str]]:
+    """The per-version table, shared by the page and the terminal summary."""
+    holder = data.holder()
+    rows = []
+    for point in data.versions:
+        rows.append(
+            {
+                "version": point.label,
+                "created": point.created_at.strftime("%Y-%m-%d %H:%M"),
+                "datasets": ", ".join(str(d) for d in point.dataset_ids) or "–",
+                "plasticity": _fmt(point.plasticity),
+                "forgetting max": _fmt(point.forgetting_max),
+                "forgetting mean": _fmt(point.forgetting_mean),
+                "KL drift": _fmt(point.kl_drift, 4),
+                "final loss": _fmt(point.loss_curve[-1] if point.loss_curve else None),
+                "gate": _gate(point),
+                "status": point.status + (f" ({data.alias})" if point.label == holder else ""),
+            }
+        )
+    return rows
+
+
+def render_page(data: ReportData, plots: list[Plot]) -> str:
+    """The whole page as one HTML string."""
+    rows = summary_rows(data)
+    holder = data.holder()
+    header = "".join(f"<th>{escape(name)}</th>" for name in (rows[0] if rows else {"version": ""}))
+    body = []
+    for row in rows:
+        css = ' class="production"' if row["version"] == holder else ""
+        cells = "".join(
+            f'<td class="text">{escape(v)}</td>' if k in _TEXT_COLUMNS else f"<td>{escape(v)}</td>"
+            for k, v in row.items()
+        )
+        body.append(f"<tr{css}>{cells}</tr>")
+    table = "<p>No adapter versions yet.</p>"
+    if rows:
+        table = f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    figures = []
+    for plot in plots:
+        encoded = base64.b64encode(plot.png).decode("ascii")
+        figures.append(
+            f'<figure id="{escape(plot.filename)}"><h2>{escape(plot.title)}</h2>'
+            f'<img alt="{escape(plot.title)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{escape(plot.caption)}</figcaption></figure>"
+        )
+    generated = data.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    holder_text = escape(holder) if holder else "nobody"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>continuum report</title><style>{_CSS}</style></head><body>"
+        "<h1>continuum: adapter history</h1>"
+        f'<p class="meta">Generated {generated} · {len(data.versions)} versions in {len(data.lineages)} '
+        f"lineage(s) · <code>{escape(data.alias)}</code> is held by <strong>{holder_text}</strong></p>"
+        f"<h2>Versions</h2>{table}{''.join(figures)}</body></html>\n"
+    )

@@ -1,0 +1,166 @@
+"""The report's figures as PNG bytes (matplotlib, Agg canvas: no display, no pyplot global state).
+
+Each function takes `ReportData` and returns PNG bytes; with nothing to show it still returns a figure
+that says so, so the page's layout never depends on which data happen to exist.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from scheduler.report.data import ReportData, VersionPoint
+
+DPI = 110
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Promotion thresholds, drawn as reference lines."""
+
+    max_forgetting: float | None = None
+    min_plasticity: float | None = None
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)  # attach the Agg canvas explicitly: rendering never touches a GUI backend
+    return figure
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _empty(title: str, message: str) -> bytes:
+    figure = _new_figure(8, 2.4)
+    axes = figure.add_subplot()
+    axes.set_title(title)
+    axes.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, color="#666666")
+    axes.set_axis_off()
+    return _png(figure)
+
+
+def accuracy_heatmap(data: ReportData, lineage: str) -> bytes:
+    """Rows: versions of one lineage; columns: datasets (rounds); cells: answer accuracy."""
+    points = data.lineages.get(lineage, [])
+    datasets = [d for d in data.dataset_labels if any(d in p.accuracy_by_dataset for p in points)]
+    title = f"Accuracy matrix: {lineage}"
+    if not points or not datasets:
+        return _empty(title, "no evaluations with per-dataset accuracy yet")
+    matrix = [[p.accuracy_by_dataset.get(d, math.nan) for d in datasets] for p in points]  # (V, D)
+    figure = _new_figure(max(5.0, 1.2 * len(datasets) + 2.5), max(2.6, 0.5 * len(points) + 1.6))
+    axes = figure.add_subplot()
+    # Grey cells: that version was not evaluated on that dataset.
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    image = axes.imshow(matrix, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(len(datasets)), [data.dataset_labels[d] for d in datasets], fontsize=8)
+    axes.set_yticks(range(len(points)), [f"v{p.version}" for p in points])
+    axes.set_xlabel("evaluated on")
+    axes.set_ylabel("adapter version")
+    axes.set_title(title)
+    for row, values in enumerate(matrix):
+        for col, value in enumerate(values):
+            if not math.isnan(value):
+                colour = "black" if value > 0.6 else "white"
+                axes.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
+    figure.colorbar(image, ax=axes, label="accuracy")
+    return _png(figure)
+
+
+def _series(points: list[VersionPoint], attribute: str) -> tuple[list[int], list[float]]:
+    pairs = [(p.version, getattr(p, attribute)) for p in points if getattr(p, attribute) is not None]
+    return [v for v, _ in pairs], [y for _, y in pairs]
+
+
+def forgetting_and_plasticity(data: ReportData, gate: Gate | None = None) -> bytes:
+    """Per cycle: accuracy on what it taught (plasticity) and forgetting of earlier data, per lineage."""
+    lineages = {
+        name: points
+        for name, points in data.lineages.items()
+        if any(p.plasticity is not None or p.forgetting_max is not None for p in points)
+    }
+    if not lineages:
+        return _empty("Plasticity and forgetting", "no evaluations yet")
+    gate = gate or Gate()
+    figure = _new_figure(10, 3.6)
+    plasticity_axes, forgetting_axes = figure.subplots(1, 2)
+    for index, (name, points) in enumerate(lineages.items()):
+        colour = f"C{index}"
+        x, y = _series(points, "plasticity")
+        plasticity_axes.plot(x, y, marker="o", color=colour, label=name)
+        x, y = _series(points, "forgetting_max")
+        forgetting_axes.plot(x, y, marker="o", color=colour, label=f"{name} (max)")
+        x, y = _series(points, "forgetting_mean")
+        forgetting_axes.plot(x, y, marker=".", linestyle="--", color=colour, label=f"{name} (mean)")
+    if gate.min_plasticity is not None:
+        plasticity_axes.axhline(gate.min_plasticity, color="#aa3333", linewidth=1, linestyle=":", label="gate")
+    if gate.max_forgetting is not None:
+        forgetting_axes.axhline(gate.max_forgetting, color="#aa3333", linewidth=1, linestyle=":", label="gate")
+    plasticity_axes.set(
+        title="Plasticity: accuracy on new data", xlabel="version", ylabel="accuracy", ylim=(-0.02, 1.02)
+    )
+    forgetting_axes.set(title="Forgetting of earlier data", xlabel="version", ylabel="(before - after) / before")
+    for axes in (plasticity_axes, forgetting_axes):
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def loss_curves(data: ReportData) -> bytes:
+    """Training loss per step, one line per version, one panel per lineage."""
+    lineages = {name: [p for p in pts if p.loss_curve] for name, pts in data.lineages.items()}
+    lineages = {name: pts for name, pts in lineages.items() if pts}
+    if not lineages:
+        return _empty("Training loss", "no training loss curves recorded")
+    figure = _new_figure(5 * len(lineages) + 1, 3.6)
+    panels = figure.subplots(1, len(lineages), squeeze=False)[0]
+    for axes, (name, points) in zip(panels, lineages.items()):
+        colours = [f"C{i % 10}" for i in range(len(points))]
+        for colour, point in zip(colours, points):
+            axes.plot(range(1, len(point.loss_curve) + 1), point.loss_curve, color=colour, label=f"v{point.version}")
+        axes.set(title=f"Training loss: {name}", xlabel="step", ylabel="loss")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8, ncol=2)
+    return _png(figure)
+
+
+def alias_timeline(data: ReportData) -> bytes:
+    """Which version held the alias when: bars per holding interval, markers for refused moves."""
+    title = f"Who held `{data.alias}`"
+    if not data.alias_events:
+        return _empty(title, f"the `{data.alias}` alias has never moved")
+    holders = list(dict.fromkeys(span.label for span in data.spans))
+    refused = [e for e in data.alias_events if not e.succeeded and e.to_label]
+    rows = list(dict.fromkeys([*holders, *(e.to_label for e in refused)]))
+    figure = _new_figure(10, max(2.4, 0.45 * len(rows) + 1.4))
+    axes = figure.add_subplot()
+    end_of_time = max([data.generated_at, *(e.at for e in data.alias_events)])
+    for span in data.spans:
+        row = rows.index(span.label)
+        end = span.end or end_of_time
+        axes.barh(
+            row, end - span.start, left=span.start, height=0.5, color=f"C{row % 10}", edgecolor="black", linewidth=0.5
+        )
+    for event in data.alias_events:
+        if event.succeeded and event.to_label:
+            marker = "v" if event.action == "rollback" else "o"
+            axes.plot(event.at, rows.index(event.to_label), marker=marker, color="black", markersize=5)
+    if refused:
+        refused_rows = [rows.index(e.to_label) for e in refused]
+        axes.plot([e.at for e in refused], refused_rows, "x", color="#cc2222", markersize=9, label="refused / lost")
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never hides a marker
+    axes.set_yticks(range(len(rows)), rows)
+    axes.set_title(title)
+    axes.set_xlabel("time (UTC)")
+    axes.grid(axis="x", alpha=0.3)
+    figure.autofmt_xdate()
+    return _png(figure)

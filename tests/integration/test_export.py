@@ -1,0 +1,397 @@
+"""The export job on real servers: Postgres + S3 (moto) and SQLite + a local folder.
+
+Every row must land in exactly one dataset, none lost — under concurrency, after a crash between the
+upload and the commit, and with rows whose ids commit out of order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from common.db import Dataset, Feedback, create_db_engine, session_factory
+from common.errors import PermanentError, ValidationError
+from common.feedback import record_feedback_rows
+from common.objectstore import LocalObjectStore, open_store
+from common.settings import load_settings
+from workers.export import (
+    ExportConfig,
+    dataset_uid,
+    export_feedback,
+    iter_dataset_rows,
+    read_dataset_manifest,
+    split_of,
+)
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+LINE_KEYS = {
+    "feedback_id", "prompt", "response", "messages", "feedback", "weight", "unlikelihood", "split", "content_hash",
+    "created_at",
+}
+
+
+class Backend:
+    def __init__(self, url: str, store, env: dict[str, str]):
+        self.url = url
+        self.engine = create_db_engine(url)
+        self.sessions = session_factory(self.engine)
+        self.store = store
+        self.env = env  # CONTINUUM_* variables that point a subprocess at the same database and store
+        self.settings = load_settings()
+
+    def seed(self, rows: list[dict]) -> None:
+        record_feedback_rows(self.sessions, self.settings, rows)
+
+    def feedback(self) -> list[Feedback]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Feedback).order_by(Feedback.id)))
+
+    def datasets(self) -> list[Dataset]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Dataset).order_by(Dataset.id)))
+
+
+@pytest.fixture
+def postgres_s3(migrated_postgres_url, s3_env):
+    backend = Backend(migrated_postgres_url, open_store(load_settings()), {**s3_env, "CONTINUUM_DATABASE_URL": migrated_postgres_url})
+    yield backend
+    backend.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_local(migrated_sqlite_url, tmp_path):
+    root = tmp_path / "objects"
+    backend = Backend(
+        migrated_sqlite_url,
+        LocalObjectStore(root),
+        {"CONTINUUM_DATABASE_URL": migrated_sqlite_url, "CONTINUUM_STORAGE_URL": f"file://{root}"},
+    )
+    yield backend
+    backend.engine.dispose()
+
+
+@pytest.fixture(params=["postgres_s3", "sqlite_local"])
+def backend(request) -> Backend:
+    return request.getfixturevalue(request.param)
+
+
+def rows(n: int, start: int = 0, feedback=lambda i: "thumbs_up" if i % 3 else "thumbs_down") -> list[dict]:
+    return [{"prompt": f"question {i}?", "response": f"answer {i}", "feedback": feedback(i)} for i in range(start, start + n)]
+
+
+def config(**overrides) -> ExportConfig:
+    return ExportConfig.create(**{"holdout_percent": 20, **overrides})
+
+
+def shard_lines(backend: Backend, dataset: Dataset) -> list[dict]:
+    raw = backend.store.get_bytes(f"datasets/{dataset.uid}/data.jsonl.gz")
+    return [json.loads(line) for line in gzip.decompress(raw).splitlines()]
+
+
+def test_shard_and_manifest_are_complete_and_consistent(backend):
+    backend.seed(rows(30))
+    backend.seed(rows(5))  # exact duplicates of rows 0-4 (same content, new ids)
+    backend.seed(
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hé"}], "feedback": "thumbs_up"}]
+    )
+    result = export_feedback(backend.sessions, backend.store, config(), "job-1")
+    assert result.status == "exported"
+    assert (result.claimed, result.rows, result.duplicates, result.skipped) == (36, 31, 5, 0)
+
+    [dataset] = backend.datasets()
+    assert (dataset.id, dataset.uid, dataset.num_rows) == (result.dataset_id, result.dataset_uid, 31)
+    assert all(f.dataset_id == dataset.id for f in backend.feedback())
+
+    raw = backend.store.get_bytes(f"datasets/{dataset.uid}/data.jsonl.gz")
+    manifest = read_dataset_manifest(backend.store, dataset.uri)
+    assert hashlib.sha256(raw).hexdigest() == manifest["sha256"] == dataset.sha256 == result.sha256
+    assert manifest["files"]["data.jsonl.gz"] == {"size": len(raw), "sha256": dataset.sha256}
+    assert manifest["counts"] == {
+        "claimed": 36, "written": 31, "train": dataset.num_train, "holdout": dataset.num_holdout,
+        "duplicates": 5, "skipped": 0, "min_feedback_id": 1, "max_feedback_id": 36,
+    }
+    assert manifest["feedback_id_range"] == [1, 36] == [dataset.min_feedback_id, dataset.max_feedback_id]
+    assert manifest["schema_version"] == dataset.schema_version == 1
+    assert manifest["policy"]["thumbs_down_policy"] == "downweight"
+    assert sorted(backend.store.list("datasets/")) == [
+        f"datasets/{dataset.uid}/data.jsonl.gz", f"datasets/{dataset.uid}/manifest.json",
+    ]
+
+    lines = shard_lines(backend, dataset)
+    assert all(set(line) == LINE_KEYS for line in lines)
+    by_id = {f.id: f for f in backend.feedback()}
+    assert sorted(line["feedback_id"] for line in lines) == list(range(1, 31)) + [36]  # 31-35 were duplicates
+    for line in lines:
+        stored = by_id[line["feedback_id"]]
+        assert (line["prompt"], line["response"], line["feedback"], line["content_hash"]) == (
+            stored.prompt, stored.response, stored.feedback, stored.content_hash,
+        )
+        assert line["weight"] == (2.0 if stored.feedback == "thumbs_up" else 0.5)
+        assert line["unlikelihood"] is False
+        assert line["split"] == split_of(stored.content_hash, 20)
+        assert line["created_at"].endswith("+00:00")
+    chat = next(line for line in lines if line["feedback_id"] == 36)
+    assert chat["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hé"}]
+    assert chat["response"] == "hé" and chat["prompt"] == "hi"
+    assert sum(line["split"] == "holdout" for line in lines) == dataset.num_holdout > 0
+
+    streamed = list(iter_dataset_rows(backend.store, dataset.uri))
+    assert streamed == lines
+    assert list(iter_dataset_rows(backend.store, f"datasets/{dataset.uid}", split="holdout")) == [
+        line for line in lines if line["split"] == "holdout"
+    ]
+
+
+def test_crash_between_upload_and_commit_then_retry(backend):
+    backend.seed(rows(40))
+
+    def crash() -> None:
+        raise RuntimeError("worker died after the upload")
+
+    with pytest.raises(RuntimeError, match="worker died"):
+        export_feedback(backend.sessions, backend.store, config(), "job-crash", after_upload=crash)
+    assert backend.datasets() == []
+    assert all(f.dataset_id is None for f in backend.feedback())
+    uploaded = sorted(backend.store.list("datasets/"))
+    assert len(uploaded) == 2  # the orphan shard + manifest under the job's prefix
+
+    retry = export_feedback(backend.sessions, backend.store, config(), "job-crash")
+    assert retry.status == "exported" and retry.claimed == 40
+    [dataset] = backend.datasets()
+    assert sorted(backend.store.list("datasets/")) == uploaded  # same keys, overwritten
+    assert all(f.dataset_id == dataset.id for f in backend.feedback())
+    assert read_dataset_manifest(backend.store, dataset.uri)["sha256"] == dataset.sha256
+    # Running the finished job again does not export again.
+    again = export_feedback(backend.sessions, backend.store, config(), "job-crash")
+    assert (again.dataset_id, again.reason) == (dataset.id, "already exported by this job")
+    assert len(backend.datasets()) == 1
+
+
+def test_killed_process_between_upload_and_commit_loses_nothing(postgres_s3):
+    """A real crash: the exporting process dies (os._exit) with its transaction open."""
+    postgres_s3.seed(rows(25))
+    script = (
+        "import os\n"
+        "from common.settings import load_settings\n"
+        "from common.db import create_db_engine, session_factory\n"
+        "from common.objectstore import open_store\n"
+        "from workers.export import ExportConfig, export_feedback\n"
+        "s = load_settings()\n"
+        "export_feedback(session_factory(create_db_engine(s.database_url)), open_store(s), ExportConfig.create(),\n"
+        "                'job-killed', after_upload=lambda: os._exit(17))\n"
+    )
+    env = {**os.environ, **postgres_s3.env}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 17, done.stderr
+    assert postgres_s3.datasets() == []
+    assert all(f.dataset_id is None for f in postgres_s3.feedback())
+    retry = export_feedback(postgres_s3.sessions, postgres_s3.store, ExportConfig.create(), "job-killed")
+    assert retry.claimed == 25 and len(postgres_s3.datasets()) == 1
+
+
+def test_below_minimum_is_skipped_and_leaves_rows_unclaimed(backend):
+    backend.seed(rows(5))
+    result = export_feedback(backend.sessions, backend.store, config(min_rows=10), "job-small")
+    assert (result.status, result.reason, result.dataset_id) == ("skipped", "skipped: 5 < minimum 10", None)
+    assert backend.datasets() == []
+    assert all(f.dataset_id is None for f in backend.feedback())
+    assert list(backend.store.list("datasets/")) == []
+    backend.seed(rows(5, start=5))
+    assert export_feedback(backend.sessions, backend.store, config(min_rows=10), "job-small-2").claimed == 10
+
+
+@pytest.mark.parametrize(
+    "policy, down_weight, down_unlikelihood, written, skipped",
+    [("skip", None, None, 20, 10), ("downweight", 0.25, False, 30, 0), ("unlikelihood", 1.0, True, 30, 0)],
+)
+def test_thumbs_down_policies(sqlite_local, policy, down_weight, down_unlikelihood, written, skipped):
+    sqlite_local.seed(rows(30))  # i % 3 == 0 → thumbs_down: 10 of 30
+    result = export_feedback(
+        sqlite_local.sessions, sqlite_local.store,
+        config(thumbs_down_policy=policy, thumbs_down_weight=0.25, thumbs_up_weight=3.0), f"job-{policy}",
+    )
+    assert (result.claimed, result.rows, result.skipped) == (30, written, skipped)
+    [dataset] = sqlite_local.datasets()
+    assert dataset.num_skipped == skipped and dataset.policy["thumbs_down_policy"] == policy
+    lines = shard_lines(sqlite_local, dataset)
+    assert {(line["weight"], line["unlikelihood"]) for line in lines if line["feedback"] == "thumbs_up"} == {(3.0, False)}
+    downs = [line for line in lines if line["feedback"] == "thumbs_down"]
+    if policy == "skip":
+        assert downs == []
+    else:
+        assert {(line["weight"], line["unlikelihood"]) for line in downs} == {(down_weight, down_unlikelihood)}
+    assert all(f.dataset_id == dataset.id for f in sqlite_local.feedback())  # skipped rows are claimed too
+
+
+def test_dedup_within_batch_and_split_is_deterministic_across_exports(sqlite_local):
+    same = [{"prompt": f"p{i}", "response": "r", "feedback": "thumbs_up"} for i in range(200)]
+    sqlite_local.seed(same + same[:50])
+    first = export_feedback(sqlite_local.sessions, sqlite_local.store, config(), "job-a")
+    assert (first.rows, first.duplicates) == (200, 50)
+    sqlite_local.seed(same)  # the same content again, in a later batch: kept (dedup is per batch)
+    second = export_feedback(sqlite_local.sessions, sqlite_local.store, config(), "job-b")
+    assert (second.rows, second.duplicates) == (200, 0)
+    first_ds, second_ds = sqlite_local.datasets()
+    split_a = {line["content_hash"]: line["split"] for line in shard_lines(sqlite_local, first_ds)}
+    split_b = {line["content_hash"]: line["split"] for line in shard_lines(sqlite_local, second_ds)}
+    assert split_a == split_b
+    assert 20 <= list(split_a.values()).count("holdout") <= 60  # ~20% of 200
+    kept = {line["feedback_id"] for line in shard_lines(sqlite_local, first_ds)}
+    assert kept == set(range(1, 201))  # the earliest id of each duplicate group is the one kept
+
+
+def test_same_shard_bytes_for_same_rows(sqlite_local):
+    """mtime-free gzip: a retry over the same rows reproduces the same sha256."""
+    sqlite_local.seed(rows(50))
+
+    def crash() -> None:
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        export_feedback(sqlite_local.sessions, sqlite_local.store, config(), "job-r", after_upload=crash)
+    first = read_dataset_manifest(sqlite_local.store, "datasets/" + dataset_uid("job-r"))
+    result = export_feedback(sqlite_local.sessions, sqlite_local.store, config(), "job-r")
+    assert result.sha256 == first["sha256"]
+
+
+def test_concurrent_exports_claim_disjoint_batches(postgres_s3):
+    """Export A holds its claim (locked, uncommitted) while export B runs: B gets exactly the rest."""
+    postgres_s3.seed(rows(100))
+    a_uploaded, release_a = threading.Event(), threading.Event()
+    results = {}
+
+    def hold() -> None:
+        a_uploaded.set()
+        assert release_a.wait(60)
+
+    def run_a() -> None:
+        results["a"] = export_feedback(postgres_s3.sessions, postgres_s3.store, config(max_rows=60), "job-a", after_upload=hold)
+
+    thread = threading.Thread(target=run_a)
+    thread.start()
+    try:
+        assert a_uploaded.wait(60)
+        results["b"] = export_feedback(postgres_s3.sessions, postgres_s3.store, config(max_rows=60), "job-b")
+    finally:
+        release_a.set()
+        thread.join(60)
+    assert (results["a"].claimed, results["b"].claimed) == (60, 40)
+    datasets = {d.id: d for d in postgres_s3.datasets()}
+    assert set(datasets) == {results["a"].dataset_id, results["b"].dataset_id}
+    ids_by_dataset = {
+        ds_id: {line["feedback_id"] for line in shard_lines(postgres_s3, ds)} for ds_id, ds in datasets.items()
+    }
+    a_ids, b_ids = ids_by_dataset[results["a"].dataset_id], ids_by_dataset[results["b"].dataset_id]
+    assert a_ids == set(range(1, 61)) and b_ids == set(range(61, 101))
+    assert {f.id: f.dataset_id for f in postgres_s3.feedback()} == {
+        i: results["a"].dataset_id if i <= 60 else results["b"].dataset_id for i in range(1, 101)
+    }
+
+
+@pytest.mark.parametrize("which", ["postgres_s3", "sqlite_local"])
+def test_many_exporters_racing_lose_and_duplicate_nothing(request, which):
+    backend: Backend = request.getfixturevalue(which)
+    backend.seed(rows(300, feedback=lambda i: "thumbs_up"))
+    errors: list[BaseException] = []
+    counter = iter(range(10_000))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            while True:
+                with lock:
+                    job = f"job-{next(counter)}"
+                if export_feedback(backend.sessions, backend.store, config(max_rows=23), job).status == "skipped":
+                    return
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    datasets = backend.datasets()
+    seen: list[int] = []
+    for dataset in datasets:
+        ids = [line["feedback_id"] for line in shard_lines(backend, dataset)]
+        assert len(ids) == dataset.num_rows <= 23
+        assert {f.id for f in backend.feedback() if f.dataset_id == dataset.id} == set(ids)
+        seen.extend(ids)
+    assert sorted(seen) == list(range(1, 301))  # every row exactly once
+
+
+def test_rows_committed_out_of_id_order_are_not_lost(postgres_s3):
+    """A row whose id was drawn first but committed last is still exported (no id watermark)."""
+    postgres_s3.seed(rows(3))
+    slow = postgres_s3.sessions()
+    slow.add(Feedback(prompt="slow", response="r", feedback="thumbs_up", content_hash="0" * 64))
+    slow.flush()  # id 4 drawn, not committed
+    postgres_s3.seed(rows(2, start=10))  # ids 5, 6 committed
+    first = export_feedback(postgres_s3.sessions, postgres_s3.store, config(), "job-1")
+    assert first.claimed == 5
+    slow.commit()
+    slow.close()
+    second = export_feedback(postgres_s3.sessions, postgres_s3.store, config(), "job-2")
+    assert second.claimed == 1
+    ds = {d.id: d for d in postgres_s3.datasets()}
+    assert [line["feedback_id"] for line in shard_lines(postgres_s3, ds[second.dataset_id])] == [4]
+
+
+def test_iter_dataset_rows_detects_a_corrupt_shard(sqlite_local):
+    sqlite_local.seed(rows(10))
+    result = export_feedback(sqlite_local.sessions, sqlite_local.store, config(), "job-x")
+    key = f"datasets/{result.dataset_uid}/data.jsonl.gz"
+    data = gzip.decompress(sqlite_local.store.get_bytes(key))
+    sqlite_local.store.put_bytes(key, gzip.compress(data.replace(b"answer 1", b"answer X")))
+    with pytest.raises(PermanentError, match="does not match its manifest"):
+        list(iter_dataset_rows(sqlite_local.store, result.uri))
+    with pytest.raises(PermanentError, match="not in the configured object store"):
+        list(iter_dataset_rows(sqlite_local.store, "s3://elsewhere/datasets/x"))
+
+
+def test_config_errors_list_every_problem():
+    with pytest.raises(ValidationError) as caught:
+        ExportConfig.create(min_rows=0, thumbs_up_weight=-1, holdout_percent=90)
+    assert len(caught.value.problems) == 3
+    with pytest.raises(ValidationError, match="must not exceed"):
+        ExportConfig.create(min_rows=10, max_rows=5)
+    with pytest.raises(ValidationError, match="job_id"):
+        export_feedback(None, None, ExportConfig.create(), "")  # type: ignore[arg-type]
+    settings = load_settings(thumbs_down_policy="skip", export_min_rows=7)
+    assert ExportConfig.from_settings(settings).thumbs_down_policy.value == "skip"
+    assert ExportConfig.from_settings(settings, min_rows=9).min_rows == 9
+
+
+def test_cli_export_runs_locally(sqlite_local):
+    sqlite_local.seed(rows(12))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_")}
+    env.update(sqlite_local.env, CONTINUUM_HOME=os.environ["CONTINUUM_HOME"])
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", "from scheduler.cli import main; main()", "export", *args],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )
+
+    done = cli("--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert (out["status"], out["claimed"]) == ("exported", 12)
+    assert out["uri"] == f"{sqlite_local.store.url}/datasets/{out['dataset_uid']}"
+    skipped = cli()
+    assert skipped.returncode == 0 and "skipped: 0 < minimum 1" in skipped.stdout
+    [dataset] = sqlite_local.datasets()
+    assert dataset.job_id == out["job_id"]

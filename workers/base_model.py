@@ -1,0 +1,60 @@
+"""Where an ML job's base model comes from: a configured path / hub id, or the built-in tiny model.
+
+The built-in tiny model is made once (seeded) and published to the object store; every worker downloads
+that one copy, so all workers train and evaluate against identical weights even if tiny-model
+construction ever changed between versions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from common.objectstore import ObjectStore
+from common.objectstore.artifacts import download_artifact, is_complete, publish_artifact
+from common.settings import Settings
+
+BUILTIN_TINY = "builtin:tiny"
+TINY_PREFIX = "models/builtin-tiny"
+_COMPLETE_MARK = ".continuum-complete"
+
+
+def base_model_id(settings: Settings) -> str:
+    """The identifier recorded on adapters and Fisher rows (the path/id, or `builtin:tiny`)."""
+    return settings.base_model or BUILTIN_TINY
+
+
+def publish_tiny_model(store: ObjectStore, seed: int = 0, size: str = "tiny") -> str:
+    """Build the tiny model and publish it under TINY_PREFIX (idempotent: a complete copy is kept)."""
+    if is_complete(store, TINY_PREFIX):
+        return TINY_PREFIX
+    from workers.learning.tiny import write_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="continuum-tiny-") as tmp:
+        path = write_tiny_model(Path(tmp) / "model", seed=seed, size=size)
+        files = {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
+        publish_artifact(store, TINY_PREFIX, files, {"kind": "base-model", "model_id": BUILTIN_TINY, "seed": seed})
+    return TINY_PREFIX
+
+
+def resolve_base_model(settings: Settings, store: ObjectStore) -> str:
+    """A local directory or hub id that `load_model_and_tokenizer` can open."""
+    if settings.base_model and settings.base_model != BUILTIN_TINY:
+        return settings.base_model
+    cache = (settings.home / "cache" / "models" / "builtin-tiny").resolve()
+    if (cache / _COMPLETE_MARK).exists():
+        return str(cache)
+    publish_tiny_model(store)
+    # Download beside the cache and rename, so a crashed download is never mistaken for a model.
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cache.parent))
+    try:
+        download_artifact(store, TINY_PREFIX, staging)
+        (staging / _COMPLETE_MARK).write_text("ok")
+        if not (cache / _COMPLETE_MARK).exists():
+            shutil.rmtree(cache, ignore_errors=True)
+            staging.rename(cache)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(cache)

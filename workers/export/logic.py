@@ -1,0 +1,246 @@
+"""The export job's logic: claim unexported feedback as one batch, publish a dataset shard, record it.
+
+Why it is safe to run anywhere, any number of times at once:
+
+* The claim, the dataset row and the row→dataset links live in ONE database transaction that stays
+  open while the shard is uploaded. The claim is an `UPDATE feedback SET dataset_id = …` over
+  `SELECT id … WHERE dataset_id IS NULL ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED` (Postgres): the
+  rows are locked and invisible to other exporters, which skip them, until we commit. On SQLite a
+  `BEGIN IMMEDIATE` write transaction serialises exporters instead.
+* Nothing about "which rows are new" depends on an id watermark: a row whose id was drawn before a
+  concurrent, slower insert committed is still `dataset_id IS NULL` and is picked up by a later export.
+* A crash (or error) anywhere before the commit rolls everything back: no dataset row, rows unclaimed.
+  The shard and manifest already uploaded sit under a job-scoped prefix `datasets/<uid>/`
+  (uid derived from the job id); the retry of the same job overwrites them and commits once.
+* The manifest is written after the shard, so a half-uploaded dataset is never readable.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Text, cast, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.db.engine import session_scope
+from common.db.models import Dataset, Feedback
+from common.errors import DatabaseUnavailable, ValidationError
+from common.objectstore.artifacts import MANIFEST
+from common.objectstore.base import ObjectStore
+from common.objectstore.keys import join
+from workers.export.config import ExportConfig
+from workers.export.shard import (
+    SCHEMA_VERSION,
+    SHARD_NAME,
+    ShardCounts,
+    ShardWriter,
+    dataset_manifest,
+    iter_dataset_rows,
+)
+
+# Fixed namespace: the same job id maps to the same dataset uid on every machine and every retry.
+_UID_NAMESPACE = uuid.UUID("6f1c3a52-5c1e-4f0e-9a57-2f8d1f0e7c11")
+_MAX_JOB_ID = 36  # datasets.job_id column width
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Outcome of one export: `exported` (a dataset exists for this job) or `skipped` (nothing claimed)."""
+
+    status: str
+    reason: str
+    dataset_id: int | None = None
+    dataset_uid: str | None = None
+    uri: str | None = None
+    manifest_key: str | None = None
+    claimed: int = 0
+    rows: int = 0
+    train: int = 0
+    holdout: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    sha256: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dataset_uid(job_id: str) -> str:
+    """The dataset uid a job publishes under; deterministic so a retry overwrites, never duplicates."""
+    return uuid.uuid5(_UID_NAMESPACE, f"export:{job_id}").hex
+
+
+def dataset_prefix(uid: str) -> str:
+    return join("datasets", uid)
+
+
+def _result_from_row(row: Dataset, reason: str) -> ExportResult:
+    return ExportResult(
+        status="exported",
+        reason=reason,
+        dataset_id=row.id,
+        dataset_uid=row.uid,
+        uri=row.uri,
+        manifest_key=row.manifest_key,
+        claimed=row.num_rows + row.num_duplicates + row.num_skipped,
+        rows=row.num_rows,
+        train=row.num_train,
+        holdout=row.num_holdout,
+        duplicates=row.num_duplicates,
+        skipped=row.num_skipped,
+        sha256=row.sha256,
+    )
+
+
+def _existing(sessions: sessionmaker[Session], job_id: str) -> ExportResult | None:
+    with session_scope(sessions) as session:
+        row = session.scalar(select(Dataset).where(Dataset.job_id == job_id))
+        return _result_from_row(row, "already exported by this job") if row is not None else None
+
+
+def export_feedback(
+    sessions: sessionmaker[Session],
+    store: ObjectStore,
+    config: ExportConfig,
+    job_id: str,
+    *,
+    after_upload: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportResult:
+    """Export every unclaimed feedback row (up to `config.max_rows`) into one dataset.
+
+    `after_upload` runs after the shard and manifest are stored and before the commit (tests inject a
+    crash there). `progress(rows_done, rows_claimed)` is called once per fetched batch. Running the
+    same `job_id` again returns the dataset it already produced.
+    """
+    if not job_id or len(job_id) > _MAX_JOB_ID:
+        raise ValidationError(f"export job_id must be 1-{_MAX_JOB_ID} characters, got {job_id!r}")
+    done = _existing(sessions, job_id)
+    if done is not None:
+        return done
+    session = sessions()
+    try:
+        return _claim_and_publish(session, store, config, job_id, after_upload, progress)
+    except IntegrityError:
+        # The same job ran concurrently and committed first (datasets.job_id is unique).
+        session.rollback()
+        done = _existing(sessions, job_id)
+        if done is None:
+            raise
+        return done
+    except OperationalError as exc:
+        session.rollback()
+        raise DatabaseUnavailable(
+            f"database unreachable or busy during export ({exc.orig.__class__.__name__}): retry the job"
+        ) from exc
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _claim_and_publish(
+    session: Session,
+    store: ObjectStore,
+    config: ExportConfig,
+    job_id: str,
+    after_upload: Callable[[], None] | None,
+    progress: Callable[[int, int], None] | None,
+) -> ExportResult:
+    dialect = session.get_bind().dialect.name
+    connection = session.connection()
+    if dialect == "sqlite":
+        # Take the write lock up front: a deferred transaction that reads first can fail to upgrade.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif dialect == "postgresql":
+        # The dedup sort runs on the server; more sort memory keeps it off disk (this transaction only).
+        connection.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+
+    uid = dataset_uid(job_id)
+    prefix = dataset_prefix(uid)
+    manifest_key = join(prefix, MANIFEST)
+    uri = f"{store.url.rstrip('/')}/{prefix}"
+    # The dataset row comes first (feedback.dataset_id references it); it is invisible until commit.
+    dataset_id = session.execute(
+        insert(Dataset)
+        .values(
+            uid=uid, kind="feedback", uri=uri, manifest_key=manifest_key, num_rows=0, num_train=0, num_holdout=0,
+            num_duplicates=0, num_skipped=0, sha256="", schema_version=SCHEMA_VERSION, policy=config.policy(),
+            job_id=job_id,
+        )
+        .returning(Dataset.id)
+    ).scalar_one()
+
+    feedback = Feedback.__table__
+    pick = select(feedback.c.id).where(feedback.c.dataset_id.is_(None)).order_by(feedback.c.id).limit(config.max_rows)
+    if dialect == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    claimed = session.execute(
+        update(feedback).where(feedback.c.id.in_(pick.scalar_subquery())).values(dataset_id=dataset_id)
+    ).rowcount
+    if claimed < config.min_rows:
+        session.rollback()  # unclaims the rows and drops the placeholder dataset row
+        return ExportResult(status="skipped", reason=f"skipped: {claimed} < minimum {config.min_rows}", claimed=0)
+
+    rows = session.execute(
+        select(
+            feedback.c.id,
+            feedback.c.prompt,
+            feedback.c.response,
+            cast(feedback.c.messages, Text),  # raw JSON text, spliced into the line unparsed
+            feedback.c.feedback,
+            feedback.c.content_hash,
+            feedback.c.created_at,
+        )
+        .where(feedback.c.dataset_id == dataset_id)
+        .order_by(feedback.c.content_hash, feedback.c.id),
+        execution_options={"yield_per": config.fetch_rows},  # server-side cursor on Postgres
+    )
+    with store.open_write(join(prefix, SHARD_NAME)) as dst:
+        writer = ShardWriter(dst, config)
+        for batch in rows.partitions():
+            writer.write_rows(batch)
+            if progress is not None:
+                progress(writer.counts.claimed, claimed)
+        sha256, size = writer.close()
+    counts: ShardCounts = writer.counts
+    manifest = dataset_manifest(prefix, sha256, size, counts, config, uid=uid, job_id=job_id)
+    store.put_bytes(manifest_key, json.dumps(manifest, indent=2, sort_keys=True).encode())  # LAST
+
+    if after_upload is not None:
+        after_upload()
+
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id)
+        .values(
+            num_rows=counts.written, num_train=counts.train, num_holdout=counts.holdout,
+            num_duplicates=counts.duplicates, num_skipped=counts.skipped, sha256=sha256,
+            min_feedback_id=counts.min_feedback_id, max_feedback_id=counts.max_feedback_id,
+        )
+    )
+    session.commit()
+    return ExportResult(
+        status="exported",
+        reason=f"exported {counts.written} rows from {claimed} claimed",
+        dataset_id=dataset_id,
+        dataset_uid=uid,
+        uri=uri,
+        manifest_key=manifest_key,
+        claimed=claimed,
+        rows=counts.written,
+        train=counts.train,
+        holdout=counts.holdout,
+        duplicates=counts.duplicates,
+        skipped=counts.skipped,
+        sha256=sha256,
+    )
+
+
+__all__ = ["ExportResult", "dataset_prefix", "dataset_uid", "export_feedback", "iter_dataset_rows"]

@@ -1,0 +1,251 @@
+"""The dataset shard format: gzip JSONL written in one streaming pass, read back the same way.
+
+Each line is one training sample:
+``{"feedback_id", "prompt", "response", "messages", "feedback", "weight", "unlikelihood",
+"split": "train"|"holdout", "content_hash", "created_at"}``.
+
+The writer takes rows ordered by (content_hash, id) so an exact duplicate is simply "same hash as the
+previous row" — constant memory, where a set of seen hashes would grow with the batch. The hot loop
+formats lines with `%` and the C string escaper instead of building and dumping a dict per row.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _quote  # the C escaper json.dumps uses for str
+from typing import Any, BinaryIO
+
+from common.errors import ObjectNotFound, PermanentError
+from common.objectstore.artifacts import MANIFEST
+from common.objectstore.base import ObjectStore
+from common.objectstore.keys import join
+from common.settings import FeedbackPolicy
+from workers.export.config import ExportConfig
+
+SCHEMA_VERSION = 1
+SHARD_NAME = "data.jsonl.gz"
+SPLITS = ("train", "holdout")
+
+_LINE = (
+    '{"feedback_id":%d,"prompt":%s,"response":%s,"messages":%s,"feedback":"%s","weight":%s,'
+    '"unlikelihood":%s,"split":"%s","content_hash":"%s","created_at":%s}\n'
+)
+
+
+def split_of(content_hash: str, holdout_percent: int) -> str:
+    """Deterministic split: the same content always lands on the same side, in every export."""
+    return "holdout" if int(content_hash[:8], 16) % 100 < holdout_percent else "train"
+
+
+@dataclass
+class ShardCounts:
+    """What one pass over the claimed rows produced."""
+
+    claimed: int = 0
+    written: int = 0
+    train: int = 0
+    holdout: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    min_feedback_id: int | None = None
+    max_feedback_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _HashingSink(io.RawIOBase):
+    """Passes compressed bytes to the store while hashing and counting them (the manifest's sha256)."""
+
+    def __init__(self, dst: BinaryIO):
+        self._dst = dst
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        self._dst.write(data)
+        return len(data)
+
+
+class ShardWriter:
+    """Streams rows `(id, prompt, response, messages_json, feedback, content_hash, created_at)`,
+    ordered by (content_hash, id), into a gzip JSONL stream, applying the policy as it goes."""
+
+    def __init__(self, dst: BinaryIO, config: ExportConfig):
+        self._sink = _HashingSink(dst)
+        # mtime=0: the same rows give the same bytes, so a retried export reproduces its sha256.
+        self._gzip = gzip.GzipFile(fileobj=self._sink, mode="wb", compresslevel=config.compresslevel, mtime=0)
+        self._holdout_percent = config.holdout_percent
+        # feedback value → (weight, unlikelihood) as JSON text, or None to skip the row.
+        down: tuple[str, str] | None
+        if config.thumbs_down_policy is FeedbackPolicy.skip:
+            down = None
+        elif config.thumbs_down_policy is FeedbackPolicy.unlikelihood:
+            down = ("1.0", "true")
+        else:
+            down = (repr(float(config.thumbs_down_weight)), "false")
+        self._encoding = {"thumbs_up": (repr(float(config.thumbs_up_weight)), "false"), "thumbs_down": down}
+        self._previous_hash: str | None = None
+        self.counts = ShardCounts()
+
+    def write_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Format and compress one fetched batch of rows."""
+        counts = self.counts
+        encoding = self._encoding
+        holdout_percent = self._holdout_percent
+        previous = self._previous_hash
+        lo = counts.min_feedback_id
+        hi = counts.max_feedback_id
+        lines: list[str] = []
+        append = lines.append
+        holdout = 0
+        for feedback_id, prompt, response, messages, feedback, chash, created_at in rows:
+            if lo is None or feedback_id < lo:
+                lo = feedback_id
+            if hi is None or feedback_id > hi:
+                hi = feedback_id
+            if chash == previous:
+                counts.duplicates += 1
+                continue
+            previous = chash
+            encoded = encoding[feedback]
+            if encoded is None:
+                counts.skipped += 1
+                continue
+            if int(chash[:8], 16) % 100 < holdout_percent:
+                split = "holdout"
+                holdout += 1
+            else:
+                split = "train"
+            if created_at.tzinfo is None:  # SQLite drops the zone; we only ever store UTC
+                created_at = created_at.replace(tzinfo=timezone.utc)
+            append(
+                _LINE
+                % (
+                    feedback_id,
+                    _quote(prompt),
+                    _quote(response),
+                    messages or "null",
+                    feedback,
+                    encoded[0],
+                    encoded[1],
+                    split,
+                    chash,
+                    _quote(created_at.isoformat()),
+                )
+            )
+        counts.claimed += len(rows)
+        counts.written += len(lines)
+        counts.holdout += holdout
+        counts.train += len(lines) - holdout
+        counts.min_feedback_id, counts.max_feedback_id = lo, hi
+        self._previous_hash = previous
+        if lines:
+            # ASCII-only: _quote escapes every non-ASCII character, as json.dumps does by default.
+            self._gzip.write("".join(lines).encode("ascii"))
+
+    def close(self) -> tuple[str, int]:
+        """Finish the gzip stream; (sha256, size) of the compressed shard."""
+        self._gzip.close()
+        return self._sink.sha256.hexdigest(), self._sink.size
+
+
+def dataset_manifest(
+    prefix: str, sha256: str, size: int, counts: ShardCounts, config: ExportConfig, *, uid: str, job_id: str
+) -> dict[str, Any]:
+    """The manifest, in the `common.objectstore.artifacts` layout (files → size, sha256) plus dataset facts."""
+    return {
+        "prefix": prefix,
+        "files": {SHARD_NAME: {"size": size, "sha256": sha256}},
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "kind": "feedback",
+        "schema_version": SCHEMA_VERSION,
+        "dataset_uid": uid,
+        "job_id": job_id,
+        "shard": SHARD_NAME,
+        "sha256": sha256,
+        "counts": counts.as_dict(),
+        "feedback_id_range": [counts.min_feedback_id, counts.max_feedback_id],
+        "policy": config.policy(),
+    }
+
+
+def _prefix_of(store: ObjectStore, dataset: str) -> str:
+    """Accept a prefix (`datasets/<uid>`), its manifest key, or a full URI inside this store."""
+    if "://" in dataset:
+        root = store.url.rstrip("/") + "/"
+        if not dataset.startswith(root):
+            raise PermanentError(f"dataset {dataset!r} is not in the configured object store {store.url!r}")
+        dataset = dataset[len(root) :]
+    dataset = dataset.strip("/")
+    if dataset.endswith("/" + MANIFEST):
+        dataset = dataset[: -len(MANIFEST) - 1]
+    return dataset
+
+
+def read_dataset_manifest(store: ObjectStore, dataset: str) -> dict[str, Any]:
+    """The manifest of a complete dataset (a crashed upload has none: ObjectNotFound)."""
+    prefix = _prefix_of(store, dataset)
+    try:
+        return json.loads(store.get_bytes(join(prefix, MANIFEST)))
+    except ObjectNotFound:
+        raise ObjectNotFound(f"no complete dataset at {prefix!r} (manifest missing): export it again") from None
+
+
+def iter_dataset_rows(store: ObjectStore, dataset: str, split: str | None = None) -> Iterator[dict[str, Any]]:
+    """Stream a dataset's rows back (constant memory), optionally only one split.
+
+    The shard's sha256 is checked against the manifest as the stream ends; a mismatch raises
+    PermanentError after the last row (a replay reading a corrupt shard fails instead of going on).
+    """
+    if split is not None and split not in SPLITS:
+        raise PermanentError(f"split must be one of {SPLITS} or None, got {split!r}")
+    prefix = _prefix_of(store, dataset)
+    manifest = read_dataset_manifest(store, prefix)
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise PermanentError(
+            f"dataset {prefix!r} has schema version {manifest.get('schema_version')}, this code reads {SCHEMA_VERSION}"
+        )
+    expected = manifest["files"][manifest["shard"]]["sha256"]
+    with store.open_read(join(prefix, manifest["shard"])) as raw:
+        hashing = _HashingReader(raw)
+        with gzip.GzipFile(fileobj=hashing, mode="rb") as text:
+            for line in text:
+                row = json.loads(line)
+                if split is None or row["split"] == split:
+                    yield row
+        while hashing.read(1 << 20):  # hash any bytes gzip did not need (there should be none)
+            pass
+    if hashing.sha256.hexdigest() != expected:
+        raise PermanentError(f"dataset {prefix!r}: shard does not match its manifest sha256 (corrupt upload?)")
+
+
+class _HashingReader(io.RawIOBase):
+    def __init__(self, src: BinaryIO):
+        self._src = src
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._src.read(len(buffer))
+        self.sha256.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        self.sha256.update(data)
+        return data

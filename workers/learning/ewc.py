@@ -1,0 +1,161 @@
+"""Elastic weight consolidation for a continued LoRA adapter: ``(λ/2) Σ F (θ − θ*)²``.
+
+Two spaces, chosen by `space`:
+
+- ``"lora"``: θ are the LoRA matrices A and B themselves, θ* the parent adapter's, F their Fisher.
+  This is the textbook form, but it is parametrisation-bound: the same update ΔW = B·A can be reached
+  by moving A and B in many ways, and on a fresh adapter (B = 0) the Fisher of every A is exactly 0.
+- ``"delta_w"`` (default): θ is the effective weight change ΔW = s·B·A of every LoRA layer, θ* the
+  parent's ΔW, F the diagonal Fisher of the wrapped base weight (`fisher.compute_fisher(space=
+  "delta_w")`). The Fisher of W is the same whether B is 0 or not, so there is no zero-Fisher trap,
+  and the penalty measures the change of the function, not of one factorisation of it.
+  With ``fisher=None`` it is plain L2 on the change of ΔW (F = 1), which measured about as good.
+
+A fresh adapter (first cycle) has no old-task Fisher: there is nothing learnt to anchor yet, so
+`continual.build_regularizers` leaves EWC off and KL-to-base guards the base model's behaviour.
+The Fisher is normalised to mean 1 so that λ means the same thing for Fisher-weighted and plain L2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from common.errors import ValidationError
+from workers.learning.fisher import lora_wrapped_layers
+
+EwcSpace = Literal["lora", "delta_w"]
+
+
+def _active_adapter(layer: nn.Module) -> str:
+    active = getattr(layer, "active_adapters", None) or ["default"]
+    return active[0]
+
+
+def effective_delta_w(layer: nn.Module, adapter: str | None = None) -> torch.Tensor:
+    """ΔW = scaling · B · A of one PEFT LoRA layer, shaped like the wrapped weight (out, in)."""
+    name = adapter or _active_adapter(layer)
+    a = layer.lora_A[name].weight
+    b = layer.lora_B[name].weight
+    return (b @ a) * layer.scaling[name]
+
+
+def snapshot_delta_w(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every LoRA layer's current ΔW (detached), by wrapper module name: the anchors θ*."""
+    with torch.no_grad():
+        return {name: effective_delta_w(layer).detach().clone() for name, layer in lora_wrapped_layers(model).items()}
+
+
+def snapshot_lora(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable parameter's current value (detached), by full name: the anchors θ*."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def normalise_fisher(fisher: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scale so the mean entry is 1 (a Fisher of all zeros stays zero)."""
+    total = sum(float(v.double().sum()) for v in fisher.values())
+    count = sum(v.numel() for v in fisher.values())
+    mean = total / max(count, 1)
+    if mean <= 0.0:
+        return {k: torch.zeros_like(v) for k, v in fisher.items()}
+    return {k: v / mean for k, v in fisher.items()}
+
+
+class EWC:
+    """The EWC penalty as a `Regularizer` for `training.fit`.
+
+    Build it with `EWC.from_model` at the start of a cycle, when the model holds the parent adapter:
+    the current values become θ*. `last_penalty` keeps the latest (unscaled by nothing: it already
+    includes λ/2) value for logging.
+    """
+
+    name = "ewc"
+    needs_logits = False  # the penalty reads weights only, so fit may trim the LM head to response positions
+
+    def __init__(
+        self,
+        anchors: Mapping[str, torch.Tensor],
+        fisher: Mapping[str, torch.Tensor] | None,
+        strength: float,
+        space: EwcSpace = "delta_w",
+        normalise: bool = True,
+    ):
+        if space not in ("lora", "delta_w"):
+            raise ValidationError(f"unknown EWC space {space!r}; choose 'lora' or 'delta_w'")
+        if strength < 0:
+            raise ValidationError(f"EWC strength must be >= 0, got {strength}")
+        self.space = space
+        self.strength = float(strength)
+        self.anchors = {k: v.detach().float().clone() for k, v in anchors.items()}
+        if fisher is None:
+            self.fisher = {k: torch.ones_like(v) for k, v in self.anchors.items()}
+        else:
+            missing = set(self.anchors) - set(fisher)
+            if missing:
+                raise ValidationError(
+                    f"Fisher has no entry for {len(missing)} anchored tensors (e.g. {sorted(missing)[0]}); "
+                    f"recompute the Fisher in space {space!r} for this adapter"
+                )
+            chosen = {k: fisher[k].detach().float() for k in self.anchors}
+            self.fisher = normalise_fisher(chosen) if normalise else chosen
+        self.last_penalty: float = 0.0
+        self._device_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        fisher: Mapping[str, torch.Tensor] | None,
+        strength: float,
+        space: EwcSpace = "delta_w",
+        normalise: bool = True,
+    ) -> EWC:
+        """Anchor to the model's current adapter (the parent at the start of a cycle)."""
+        anchors = snapshot_delta_w(model) if space == "delta_w" else snapshot_lora(model)
+        return cls(anchors, fisher, strength, space=space, normalise=normalise)
+
+    def _current(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        if self.space == "delta_w":
+            layers = lora_wrapped_layers(model)
+            return {name: effective_delta_w(layers[name]) for name in self.anchors}
+        params = dict(model.named_parameters())
+        return {name: params[name] for name in self.anchors}
+
+    def _on_device(self, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self._device_cache.get(name)
+        if cached is None or cached[0].device != device:
+            cached = (self.anchors[name].to(device), self.fisher[name].to(device))
+            self._device_cache[name] = cached
+        return cached
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """(λ/2) Σ F (θ − θ*)² for the model's current adapter (differentiable)."""
+        total: torch.Tensor | None = None
+        for name, value in self._current(model).items():
+            anchor, weight = self._on_device(name, value.device)
+            term = (weight * (value.float() - anchor).pow(2)).sum()
+            total = term if total is None else total + term
+        if total is None:
+            raise ValidationError("EWC anchors name no tensor of this model; build EWC from the model being trained")
+        return 0.5 * self.strength * total
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
+        value = self.penalty(model)
+        self.last_penalty = float(value.detach())
+        return value
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"anchor::{k}": v for k, v in self.anchors.items()}
+        state.update({f"fisher::{k}": v for k, v in self.fisher.items()})
+        state["strength"] = torch.tensor(self.strength, dtype=torch.float64)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.anchors = {k.removeprefix("anchor::"): v.float() for k, v in state.items() if k.startswith("anchor::")}
+        self.fisher = {k.removeprefix("fisher::"): v.float() for k, v in state.items() if k.startswith("fisher::")}
+        if "strength" in state:
+            self.strength = float(state["strength"])
+        self._device_cache.clear()

@@ -1,0 +1,83 @@
+"""KL self-distillation: keep the student's next-token distribution near a teacher on response tokens.
+
+The teacher is the same model with the adapter switched off (``teacher="base"``: `disable_adapter`,
+no second copy of the weights) or the parent adapter loaded under a second adapter name
+(``teacher=<adapter name>``: peft's per-sample ``adapter_names`` forward, which leaves the trained
+adapter active and its ``requires_grad`` flags untouched). The penalty is ``KL(p_teacher ‖ p_student)``
+averaged over response positions only (labels != -100), so prompts and padding add nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from common.errors import ValidationError
+
+
+def response_token_kl(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Mean ``KL(p_t ‖ p_s)`` over the positions that predict a response token (labels aligned to inputs)."""
+    mask = labels[:, 1:] != -100
+    if not bool(mask.any()):
+        return student_logits.sum() * 0.0
+    t = teacher_logits[:, :-1][mask].float() / temperature
+    s = student_logits[:, :-1][mask].float() / temperature
+    log_t = F.log_softmax(t, dim=-1)
+    log_s = F.log_softmax(s, dim=-1)
+    per_token = (log_t.exp() * (log_t - log_s)).sum(-1)
+    return per_token.mean() * temperature**2
+
+
+def teacher_logits(model: Any, batch: dict[str, torch.Tensor], teacher: str = "base") -> torch.Tensor:
+    """Logits of the teacher for `batch`, without gradients."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        if teacher == "base":
+            with model.disable_adapter():
+                return model(**inputs).logits
+        names = [teacher] * batch["input_ids"].shape[0]
+        return model(**inputs, adapter_names=names).logits
+
+
+class KLDistillation:
+    """``strength · KL(p_teacher ‖ p_student)`` on response tokens, as a `Regularizer` for `fit`."""
+
+    name = "kl"
+
+    def __init__(self, strength: float, teacher: str = "base", temperature: float = 1.0):
+        if strength < 0:
+            raise ValidationError(f"KL strength must be >= 0, got {strength}")
+        if temperature <= 0:
+            raise ValidationError(f"KL temperature must be > 0, got {temperature}")
+        self.strength = float(strength)
+        self.teacher = teacher
+        self.temperature = float(temperature)
+        self.last_kl: float = 0.0
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
+        target = teacher_logits(model, batch, self.teacher)
+        kl = response_token_kl(target, outputs.logits, batch["labels"], self.temperature)
+        self.last_kl = float(kl.detach())
+        return self.strength * kl
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        return None
+
+
+def load_parent_as_teacher(model: Any, adapter_dir: str, name: str = "parent") -> str:
+    """Load the parent adapter beside the trained one (frozen) so `KLDistillation(teacher=name)` can use it."""
+    model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
+    for param_name, param in model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(False)
+    return name

@@ -1,0 +1,48 @@
+"""Per-process handles a worker needs: database sessions, the job ledger, the object store.
+
+Built on first use in the process that uses them (never at import time, never inherited across a
+fork: a forked pool child must not reuse its parent's database connections).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.ledger import JobLedger
+from common.objectstore import ObjectStore, open_store
+from common.settings import Settings
+
+
+@dataclass
+class Resources:
+    settings: Settings
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        from common.db import create_db_engine, session_factory
+
+        return session_factory(create_db_engine(self.settings.resolved_database_url))
+
+    @cached_property
+    def ledger(self) -> JobLedger:
+        return JobLedger(self.sessions)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return open_store(self.settings)
+
+
+_cache: dict[tuple[int, int], Resources] = {}
+
+
+def resources_for(settings: Settings) -> Resources:
+    """The Resources of this process for `settings` (one engine per process and settings object)."""
+    key = (os.getpid(), id(settings))
+    found = _cache.get(key)
+    if found is None:
+        found = _cache[key] = Resources(settings)
+    return found

@@ -1,0 +1,176 @@
+"""Run a job in its own process and supervise it.
+
+Why a process per job: it can be killed without killing the worker, it returns all GPU memory when it
+exits, and it is safe beside the `solo` pool that MPS needs. The supervisor loop (in the worker)
+renews the lease, forwards progress, and stops the child:
+- cancel requested → SIGUSR1, SIGKILL after a short grace;
+- soft time limit or worker shutdown → SIGTERM (the child checkpoints and exits "interrupted"),
+  SIGKILL after `stop_grace_seconds`;
+- hard time limit → SIGKILL;
+- lease lost (another worker owns the job now) → SIGKILL at once: never two executions at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from workers.runner import protocol
+from workers.runner.outcome import Outcome, OutcomeKind, Supervision
+
+_POLL_SECONDS = 0.2
+_PROGRESS_PUBLISH_SECONDS = 1.0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
+    """Linux: have the kernel SIGKILL the job process if the worker dies (kill -9, OOM)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the child's parent-pid watchdog covers it
+
+
+def run_in_subprocess(job_id: str, supervision: Supervision, env: dict[str, str] | None = None) -> Outcome:
+    read_fd, write_fd = os.pipe()
+    child_env = dict(os.environ if env is None else env)
+    child_env["CONTINUUM_SUPERVISOR_PID"] = str(os.getpid())
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.runner.child", job_id, str(write_fd)],
+            pass_fds=(write_fd,),
+            env=child_env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            close_fds=True,
+        )
+    finally:
+        os.close(write_fd)
+    os.set_blocking(read_fd, False)
+    try:
+        return _Supervisor(proc, read_fd, supervision).loop()
+    finally:
+        if proc.poll() is None:  # any unexpected exit from the loop must not leave the job running
+            proc.kill()
+            proc.wait()
+        os.close(read_fd)
+
+
+class _Supervisor:
+    def __init__(self, proc: subprocess.Popen, read_fd: int, supervision: Supervision):
+        self.proc = proc
+        self.fd = read_fd
+        self.sup = supervision
+        self.reader = protocol.LineReader()
+        self.final: dict[str, Any] | None = None
+        self.progress: dict[str, Any] | None = None
+        self.progress_dirty = False
+        self.stop_reason: str | None = None
+        self.stop_note = ""
+        self.kill_at: float | None = None
+        self.killed_hard = False
+
+    # ------------------------------------------------------------------ loop
+
+    def loop(self) -> Outcome:
+        started = time.monotonic()
+        next_heartbeat = started + self.sup.heartbeat_seconds
+        next_publish = started
+        selector = selectors.DefaultSelector()
+        selector.register(self.fd, selectors.EVENT_READ)
+        try:
+            while True:
+                if selector.select(_POLL_SECONDS):
+                    self._drain()
+                if self.proc.poll() is not None:
+                    self._drain()
+                    break
+                now = time.monotonic()
+                if self.progress_dirty and now >= next_publish:
+                    self.sup.publish_progress(self.progress or {})
+                    next_publish = now + _PROGRESS_PUBLISH_SECONDS
+                if now >= next_heartbeat:
+                    beat = self.sup.heartbeat(self.progress if self.progress_dirty else None)
+                    self.progress_dirty = False
+                    next_heartbeat = now + self.sup.heartbeat_seconds
+                    if not beat.lease_held:
+                        self._kill()
+                        return Outcome(OutcomeKind.lease_lost, error="lease lost to another worker")
+                    if beat.cancel_requested:
+                        self._ask_stop(protocol.STOP_CANCEL, "cancel requested", min(self.sup.stop_grace_seconds, 3.0))
+                if self.sup.shutting_down():
+                    self._ask_stop(protocol.STOP_REQUEUE, "worker shutting down", self.sup.stop_grace_seconds)
+                elapsed = now - started
+                if elapsed >= self.sup.soft_time_limit:
+                    self._ask_stop(protocol.STOP_REQUEUE, "soft time limit", self.sup.stop_grace_seconds)
+                if elapsed >= self.sup.hard_time_limit and not self.killed_hard:
+                    self.killed_hard = True
+                    self._kill()
+                if self.kill_at is not None and now >= self.kill_at:
+                    self._kill()
+        finally:
+            selector.close()
+        if self.progress_dirty:  # the last progress reaches Flower and the ledger, not only the next beat
+            self.sup.publish_progress(self.progress or {})
+            self.sup.heartbeat(self.progress)
+        return self._outcome()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            for message in self.reader.feed(chunk):
+                if message["type"] == "progress":
+                    self.progress = message.get("data") or {}
+                    self.progress_dirty = True
+                else:
+                    self.final = message
+
+    def _ask_stop(self, reason: str, note: str, grace: float) -> None:
+        if self.stop_reason == protocol.STOP_CANCEL or (self.stop_reason is not None and reason != protocol.STOP_CANCEL):
+            return  # already stopping (a cancel may still upgrade a requeue)
+        self.stop_reason, self.stop_note = reason, note
+        sig = protocol.CANCEL_SIGNAL if reason == protocol.STOP_CANCEL else signal.SIGTERM
+        try:
+            self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        self.kill_at = deadline if self.kill_at is None else min(self.kill_at, deadline)
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    # ------------------------------------------------------------------ mapping the exit
+
+    def _outcome(self) -> Outcome:
+        code = self.proc.returncode
+        final = self.final or {}
+        if code == protocol.EXIT_OK and final.get("type") == "result":
+            return Outcome(OutcomeKind.succeeded, result=final.get("data") or {})
+        if self.stop_reason == protocol.STOP_CANCEL:
+            return Outcome(OutcomeKind.cancelled, error="cancelled on request")
+        if code == protocol.EXIT_INTERRUPTED:
+            return Outcome(OutcomeKind.requeue, error=self.stop_note or "interrupted")
+        if self.killed_hard:
+            return Outcome(OutcomeKind.failed, error="killed at the hard time limit", retryable=True)
+        if final.get("type") == "error":
+            return Outcome(OutcomeKind.failed, error=final.get("message", ""), retryable=bool(final.get("retryable")))
+        if self.stop_reason == protocol.STOP_REQUEUE:
+            # Asked to checkpoint but did not exit cleanly in time: count it as a failed try.
+            return Outcome(OutcomeKind.failed, error=f"did not stop within the grace period ({self.stop_note})")
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            return Outcome(OutcomeKind.failed, error=f"job process killed by {name}", retryable=True)
+        return Outcome(OutcomeKind.failed, error=f"job process exited with code {code} without a result", retryable=True)
