@@ -140,9 +140,6 @@ class Settings(BaseSettings):
     pipeline_min_samples: int = Field(
         8, ge=1, description="A pipeline run with fewer new feedback rows than this ends `skipped` without training."
     )
-    promote_max_forgetting: float = Field(
-        0.10, description="Promotion gate: largest forgetting ratio on earlier data a candidate may show."
-    )
     promote_min_gain: float = Field(
         0.0, description="Promotion gate: smallest improvement on the new data (plasticity) a candidate must show."
     )
@@ -217,18 +214,11 @@ class Settings(BaseSettings):
             problems.append("the database password in CONTINUUM_DATABASE_URL is missing or a known default: set a strong one")
         if not self.broker_url:
             problems.append("set CONTINUUM_BROKER_URL (e.g. redis://:password@host:6379/0)")
-        elif self.broker_url.startswith("redis") and (urlsplit(self.broker_url).password or "") in KNOWN_DEFAULT_SECRETS:
-            problems.append("the Redis password in CONTINUUM_BROKER_URL is missing or a known default")
-        else:
-            broker = urlsplit(self.broker_url)
-            password = _url_password(self.broker_url)
-            # A password-less Redis is only acceptable where nothing but this machine can reach it.
-            if password and _is_default_secret(password):
-                problems.append("the broker password in CONTINUUM_BROKER_URL is a known default: set a strong one")
-            elif not password and broker.scheme.startswith("redis") and broker.hostname not in _LOOPBACK_HOSTS:
-                problems.append(
-                    "CONTINUUM_BROKER_URL has no password for a non-loopback Redis: use redis://:password@host:6379/0"
-                )
+        elif self.broker_url.startswith("redis") and _is_default_secret(_url_password(self.broker_url)):
+            problems.append(
+                "the Redis password in CONTINUUM_BROKER_URL is missing or a known default: "
+                "use redis://:strong-password@host:6379/0"
+            )
         if not self.storage_url:
             problems.append("set CONTINUUM_STORAGE_URL=s3://bucket/prefix (workers on other machines cannot see a local folder)")
         elif self.storage_url.startswith("s3://"):
@@ -251,9 +241,6 @@ class Settings(BaseSettings):
         if self.mode is Mode.distributed and (not user or _is_default_secret(password)):
             raise ConfigError("set CONTINUUM_FLOWER_BASIC_AUTH=user:strong-password before starting Flower")
         return auth
-
-
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def _url_password(url: str) -> str:

@@ -34,7 +34,7 @@ class JobKind:
 KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
-        JobKind("export", "continuum.export", "workers.export.logic:run", "inline", needs_device=False),
+        JobKind("export", "continuum.export", "workers.export.job:run", "inline", needs_device=False),
         JobKind("fisher", "continuum.fisher", "workers.fisher.logic:run", "process", needs_device=True),
         JobKind("train", "continuum.train", "workers.train.logic:run", "process", needs_device=True),
         JobKind("evaluate", "continuum.evaluate", "workers.evaluate.logic:run", "process", needs_device=True),

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from common.objectstore.base import ObjectStore
 from common.objectstore.keys import join, validate_key
 from common.objectstore.local import LocalObjectStore
+from common.objectstore.s3 import S3ObjectStore  # boto3 itself is imported only when a client is built
 from common.settings import Settings
 
 
@@ -16,9 +17,7 @@ def open_store(settings: Settings) -> ObjectStore:
     parts = urlsplit(url)
     if parts.scheme == "file":
         return LocalObjectStore(parts.netloc + parts.path)  # file://./rel or file:///abs
-    from common.objectstore.s3 import S3ObjectStore
-
     return S3ObjectStore.from_settings(settings)
 
 
-__all__ = ["LocalObjectStore", "ObjectStore", "join", "open_store", "validate_key"]
+__all__ = ["LocalObjectStore", "ObjectStore", "S3ObjectStore", "join", "open_store", "validate_key"]

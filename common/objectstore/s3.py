@@ -122,12 +122,16 @@ class _S3Reader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         try:
             data = self._body.read(len(buffer))
+        except (Urllib3Error, OSError) as exc:  # a reset or timeout mid-body: the network, so retryable
+            raise ObjectStoreUnavailable(f"{self._what}: connection broke while reading ({exc}); retry later") from exc
         except Exception as exc:
             if _is_boto_error(exc):
                 raise translate_boto_error(exc, self._what) from exc
-            raise ObjectStoreUnavailable(f"{self._what}: connection broke while reading ({exc})") from exc
+            raise
         n = len(data)
         buffer[:n] = data
         return n

@@ -79,16 +79,15 @@ def teacher_forced_scores(model: Any, tokenizer: Any, rows: Sequence[Row], setti
     return {"token_accuracy": correct / max(tokens, 1), "nll": nll_sum / max(tokens, 1), "samples": len(rows), "tokens": tokens}
 
 
-def exact_match(model: Any, tokenizer: Any, rows: Sequence[Row], settings: EvalSettings = EvalSettings()) -> float:
-    """Share of rows whose greedy answer equals the taught response (whitespace-trimmed)."""
+def greedy_exact_match(model: Any, tokenizer: Any, rows: Sequence[Row], settings: EvalSettings = EvalSettings()) -> float:
+    """Share of rows whose greedy answer (`generation.generate_answers`) equals the taught response."""
     if not rows:
         return float("nan")
-    from workers.learning.generation import generate_responses
+    from workers.learning.generation import exact_match, generate_answers
 
-    answers = generate_responses(model, tokenizer, list(rows), max_new_tokens=settings.max_new_tokens,
-                                 batch_size=settings.batch_size)
-    hits = sum(a.strip() == r["response"].strip() for a, r in zip(answers, rows, strict=True))
-    return hits / len(rows)
+    answers = generate_answers(model, tokenizer, list(rows), max_new_tokens=settings.max_new_tokens,
+                               batch_size=settings.batch_size)
+    return exact_match(answers, list(rows))
 
 
 @torch.no_grad()
@@ -162,7 +161,7 @@ def evaluate_cycle(
     trained = bounded_sample(trained_rows, cap, settings.seed)
     plasticity = teacher_forced_scores(model, tokenizer, trained, settings)
     if with_exact_match:
-        plasticity["exact_match"] = exact_match(model, tokenizer, bounded_sample(trained, settings.max_exact_match, settings.seed), settings)
+        plasticity["exact_match"] = greedy_exact_match(model, tokenizer, bounded_sample(trained, settings.max_exact_match, settings.seed), settings)
     report: dict[str, Any] = {"plasticity": plasticity}
     if holdout_rows:
         report["holdout"] = teacher_forced_scores(model, tokenizer, bounded_sample(holdout_rows, cap, settings.seed), settings)

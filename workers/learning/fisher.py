@@ -222,14 +222,25 @@ def _accumulate_vmap(
     per_sample_grad = vmap(grad(one_sample_loss), in_dims=(None, 0))
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     count = 0
-    for batch in _limited(batches, limit):
-        batch = _left_align(_to_device(batch, device))
-        sample_keys = ("input_ids", "attention_mask", "labels", "sample_weight", "unlikelihood")
-        grads = per_sample_grad(params, {k: batch[k] for k in sample_keys if k in batch})
-        for name, g in grads.items():
-            sums[name] += g.float().pow(2).sum(0)
-        count += batch["input_ids"].shape[0]
+    # The fused SDPA kernels have no vmap batching rule (torch falls back to a slow per-sample loop and
+    # warns); the math kernel is plain matmuls, which vmap batches.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        for batch in _limited(batches, limit):
+            count += _vmap_batch(per_sample_grad, params, batch, device, sums)
     return sums, count
+
+
+def _vmap_batch(per_sample_grad: Any, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                device: torch.device, sums: dict[str, torch.Tensor]) -> int:
+    """Add one micro-batch's squared per-sample gradients to `sums`; returns its sample count."""
+    batch = _left_align(_to_device(batch, device))
+    sample_keys = ("input_ids", "attention_mask", "labels", "sample_weight", "unlikelihood")
+    grads = per_sample_grad(params, {k: batch[k] for k in sample_keys if k in batch})
+    for name, g in grads.items():
+        sums[name] += g.float().pow(2).sum(0)
+    return batch["input_ids"].shape[0]
 
 
 def _accumulate_loop(

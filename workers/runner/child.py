@@ -76,14 +76,23 @@ def main(argv: list[str]) -> int:
     except JobInterrupted:
         send({"type": "interrupted", "reason": stop.reason or protocol.STOP_REQUEUE})
         return protocol.EXIT_INTERRUPTED
-    except PermanentError as exc:
-        send({"type": "error", "message": _one_line(exc), "retryable": False})
-        return protocol.EXIT_PERMANENT
-    except Exception as exc:  # noqa: BLE001 - every other error is reported, and retried up to the cap
-        send({"type": "error", "message": _one_line(exc), "retryable": True})
-        return protocol.EXIT_RETRYABLE
+    except Exception as exc:  # noqa: BLE001 - classified below
+        if stop.reason is not None:
+            # Logic that stops on request may raise its own exception (e.g. TrainingStopped after its
+            # checkpoint): anything raised once a stop was asked for is the interruption, not a failure.
+            send({"type": "interrupted", "reason": stop.reason, "message": _one_line(exc)})
+            return protocol.EXIT_INTERRUPTED
+        return _report_error(send, exc, PermanentError)
     send({"type": "result", "data": result if isinstance(result, dict) else {"value": result}})
     return protocol.EXIT_OK
+
+
+def _report_error(send, exc: Exception, permanent: type[Exception]) -> int:
+    if isinstance(exc, permanent):
+        send({"type": "error", "message": _one_line(exc), "retryable": False})
+        return protocol.EXIT_PERMANENT
+    send({"type": "error", "message": _one_line(exc), "retryable": True})
+    return protocol.EXIT_RETRYABLE
 
 
 def _one_line(exc: BaseException) -> str:

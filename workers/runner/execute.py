@@ -118,7 +118,8 @@ def record_outcome(app: Celery, ledger: JobLedger, job_id: str, owner: str, outc
     if outcome.kind is OutcomeKind.lease_lost:
         return "lease_lost"
     if outcome.kind is OutcomeKind.succeeded:
-        skipped = bool(outcome.result.get("skipped"))
+        # Logic reports "nothing to do" as {"status": "skipped"} (or {"skipped": true}).
+        skipped = outcome.result.get("status") == "skipped" or bool(outcome.result.get("skipped"))
         ledger.succeed(job_id, owner, outcome.result, state=JobState.skipped if skipped else JobState.succeeded)
     elif outcome.kind is OutcomeKind.cancelled:
         ledger.mark_cancelled(job_id, owner)

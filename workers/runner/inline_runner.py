@@ -47,9 +47,11 @@ def run_inline(context: JobContext, run, supervision: Supervision) -> Outcome:
         result = run(context)
     except JobInterrupted:
         return _stopped(state)
-    except PermanentError as exc:
-        return Outcome(OutcomeKind.failed, error=f"{exc.__class__.__name__}: {exc}", retryable=False)
-    except Exception as exc:  # noqa: BLE001 - reported and retried up to the attempt cap
+    except Exception as exc:  # noqa: BLE001 - classified below
+        if state["stop"] is not None:  # raised because it was asked to stop: an interruption
+            return _stopped(state)
+        if isinstance(exc, PermanentError):
+            return Outcome(OutcomeKind.failed, error=f"{exc.__class__.__name__}: {exc}", retryable=False)
         return Outcome(OutcomeKind.failed, error=f"{exc.__class__.__name__}: {exc}", retryable=True)
     finally:
         done.set()
