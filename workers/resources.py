@@ -35,6 +35,14 @@ class Resources:
     def store(self) -> ObjectStore:
         return open_store(self.settings)
 
+    def close(self) -> None:
+        """Dispose the connections this process opened (tests; long-lived processes never need it)."""
+        if "ledger" in self.__dict__:
+            self.ledger.close()
+        if "sessions" in self.__dict__:
+            self.sessions.kw["bind"].dispose()
+        _cache.pop((os.getpid(), id(self.settings)), None)
+
 
 _cache: dict[tuple[int, int], Resources] = {}
 

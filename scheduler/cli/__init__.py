@@ -29,6 +29,11 @@ _TOPICS = [
     "scheduler.cli.config",
     "scheduler.cli.report",
     "scheduler.cli.worker",
+    "scheduler.cli.registry",
+    "scheduler.cli.pipeline",
+    "scheduler.cli.beat",
+    "scheduler.cli.flower",
+    "scheduler.cli.model",
 ]
 
 

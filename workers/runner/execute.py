@@ -120,7 +120,9 @@ def record_outcome(app: Celery, ledger: JobLedger, job_id: str, owner: str, outc
     if outcome.kind is OutcomeKind.succeeded:
         # Logic reports "nothing to do" as {"status": "skipped"} (or {"skipped": true}).
         skipped = outcome.result.get("status") == "skipped" or bool(outcome.result.get("skipped"))
-        ledger.succeed(job_id, owner, outcome.result, state=JobState.skipped if skipped else JobState.succeeded)
+        state = JobState.skipped if skipped else JobState.succeeded
+        if ledger.succeed(job_id, owner, outcome.result, state=state):
+            return state.value  # the common path: no read-back round trip
     elif outcome.kind is OutcomeKind.cancelled:
         ledger.mark_cancelled(job_id, owner)
     elif outcome.kind is OutcomeKind.requeue:

@@ -25,7 +25,7 @@ def resources(dist_settings):
 
     found = resources_for(dist_settings)
     yield found
-    found.sessions.kw["bind"].dispose()
+    found.close()
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def ledger(migrated_postgres_url):
     engine = create_db_engine(migrated_postgres_url, pool_size=16)
-    yield JobLedger(session_factory(engine))
+    ledger = JobLedger(session_factory(engine))
+    yield ledger
+    ledger.close()
     engine.dispose()
 
 

@@ -1,0 +1,130 @@
+"""`continuum pipeline …`: run, list, show and resume export → fisher → train → evaluate → promote."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+import typer
+
+from scheduler.cli.context import console, print_json, state
+
+
+def _wait(settings, run_id: str, timeout: float) -> dict:
+    """Live progress bars per step until the run finishes; returns its final status."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from scheduler.pipeline import STEPS, pipeline_status
+
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bars:
+        tasks = {step: bars.add_task(step, total=1, info="waiting", start=False) for step in STEPS}
+        while True:
+            status = pipeline_status(settings, run_id)
+            for step, info in status["steps"].items():
+                task = tasks[step]
+                progress = info.get("progress") or {}
+                total = progress.get("total") or 1
+                done = total if info["state"] in ("succeeded", "skipped") else min(progress.get("step") or 0, total)
+                label = info["state"] + (f" loss={progress['loss']:.3f}" if isinstance(progress.get("loss"), float) else "")
+                bars.start_task(task)
+                bars.update(task, total=total, completed=done, info=label)
+            if status["state"] != "running":
+                return status
+            if time.monotonic() > deadline:
+                console.print(f"[yellow]still running after {timeout:.0f}s; follow it with `continuum pipeline show {run_id}`[/yellow]")
+                return status
+            time.sleep(0.5)
+
+
+def register(app: typer.Typer) -> None:
+    pipeline = typer.Typer(help="The export → fisher → train → evaluate → promote pipeline.", no_args_is_help=True)
+
+    @pipeline.command("run")
+    def run(
+        wait: bool = typer.Option(False, "--wait", help="Follow the run with live progress until it ends."),
+        device: str = typer.Option("auto", "--device", help="ML steps on auto (best live worker), cuda, mps or cpu."),
+        params: Optional[str] = typer.Option(None, "--params", help='JSON per-step overrides, e.g. {"train": {"train": {"epochs": 2}}}.'),
+        timeout: float = typer.Option(3600, "--timeout", help="With --wait: stop following after this many seconds."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Enqueue one pipeline run (in embedded mode `--wait` starts a worker if none is running)."""
+        from scheduler.embedded_worker import worker_running
+        from scheduler.pipeline import pipeline_status, start_pipeline
+        from workers.celery_app import app_for
+
+        settings = state.settings
+        state.sessions()
+        run_params = {"device": device, "steps": json.loads(params) if params else {}}
+        pipeline_run, _ = start_pipeline(settings, app_for(settings), params=run_params)
+        if not wait:
+            if json_output:
+                print_json(pipeline_status(settings, pipeline_run.id))
+            else:
+                console.print(f"pipeline run [bold]{pipeline_run.id}[/bold] queued")
+            return
+        with worker_running(settings):
+            status = _wait(settings, pipeline_run.id, timeout)
+        if json_output:
+            print_json(status)
+        else:
+            console.print(f"pipeline run {status['id']}: [bold]{status['state']}[/bold]" + (f" — {status['error']}" if status["error"] else ""))
+        if status["state"] in ("failed", "cancelled"):
+            raise typer.Exit(1)
+
+    @pipeline.command("list")
+    def list_runs(
+        limit: int = typer.Option(20, "--limit", help="Newest N runs."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Recent pipeline runs."""
+        from rich.table import Table
+        from sqlalchemy import select
+
+        from common.db.engine import session_scope
+        from common.db.models import PipelineRun
+
+        with session_scope(state.sessions()) as session:
+            runs = session.scalars(select(PipelineRun).order_by(PipelineRun.created_at.desc()).limit(limit)).all()
+        rows = [{"id": r.id, "state": r.state, "step": r.current_step, "schedule": r.schedule, "tick": r.tick,
+                 "created_at": r.created_at, "error": r.error} for r in runs]
+        if json_output:
+            print_json(rows)
+            return
+        table = Table("id", "state", "step", "schedule", "created", "error")
+        for r in rows:
+            table.add_row(r["id"], r["state"], r["step"] or "", r["schedule"] or "manual", str(r["created_at"])[:19], (r["error"] or "")[:60])
+        console.print(table)
+
+    @pipeline.command("show")
+    def show(run_id: str = typer.Argument(..., help="Pipeline run id."),
+             json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+        """One run and its step jobs."""
+        from rich.table import Table
+
+        from scheduler.pipeline import pipeline_status
+
+        status = pipeline_status(state.settings, run_id)
+        if json_output:
+            print_json(status)
+            return
+        console.print(f"run {status['id']}: [bold]{status['state']}[/bold] (step {status['current_step']})"
+                      + (f" — {status['error']}" if status["error"] else ""))
+        table = Table("step", "job", "state", "attempts", "result / error")
+        for step, info in status["steps"].items():
+            detail = info["error"] or json.dumps(info["result"] or {}, default=str)
+            table.add_row(step, info["job_id"], info["state"], str(info["attempts"]), detail[:80])
+        console.print(table)
+
+    @pipeline.command("resume")
+    def resume(run_id: str = typer.Argument(..., help="A failed or cancelled run."),
+               params: Optional[str] = typer.Option(None, "--params", help="JSON overrides for the failed step.")) -> None:
+        """Resume a failed run from its failed step (earlier steps are not repeated)."""
+        from scheduler.pipeline import resume_pipeline
+
+        job_id = resume_pipeline(state.settings, run_id, json.loads(params) if params else None)
+        console.print(f"run {run_id} resumed: job {job_id}")
+
+    app.add_typer(pipeline, name="pipeline")

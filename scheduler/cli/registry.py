@@ -1,0 +1,145 @@
+"""`continuum adapters …` and `continuum datasets …`: what has been trained, on what, and where it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from scheduler.cli.context import console, print_json, state
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def adapter_summary(session, adapter) -> dict[str, Any]:
+    from workers.lineage import evaluation_of
+
+    evaluation = evaluation_of(session, adapter.id)
+    metrics = evaluation.metrics if evaluation is not None else {}
+    return {
+        "id": adapter.id,
+        "name": adapter.name,
+        "version": adapter.version,
+        "parent_id": adapter.parent_id,
+        "status": adapter.status,
+        "dataset_ids": adapter.dataset_ids,
+        "lineage": adapter.lineage,
+        "base_model": adapter.base_model,
+        "uri": adapter.uri,
+        "created_at": adapter.created_at.isoformat() if adapter.created_at else None,
+        "plasticity": metrics.get("plasticity"),
+        "exact_match": metrics.get("exact_match"),
+        "forgetting": metrics.get("forgetting"),
+        "kl_drift": metrics.get("kl_drift"),
+    }
+
+
+def register(app: typer.Typer) -> None:
+    adapters = typer.Typer(help="Published adapter versions.", no_args_is_help=True)
+    datasets = typer.Typer(help="Exported datasets.", no_args_is_help=True)
+
+    @adapters.command("list")
+    def adapters_list(json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+        """Every adapter version with its evaluation summary; `*` marks production."""
+        from rich.table import Table
+        from sqlalchemy import select
+
+        from common.db import Adapter, session_scope
+        from workers.lineage import alias_target
+
+        with session_scope(state.sessions()) as session:
+            production = alias_target(session)
+            rows = [adapter_summary(session, a) for a in session.scalars(select(Adapter).order_by(Adapter.id))]
+        for row in rows:
+            row["production"] = production is not None and production.id == row["id"]
+        if json_output:
+            print_json(rows)
+            return
+        table = Table("id", "version", "parent", "status", "datasets", "recall", "exact", "forgetting", "KL drift",
+                      title="adapters")
+        for r in rows:
+            mark = " *" if r["production"] else ""
+            table.add_row(str(r["id"]), f"{r['name']}@v{r['version']}{mark}", _fmt(r["parent_id"]), r["status"],
+                          ",".join(map(str, r["dataset_ids"])), _fmt(r["plasticity"]), _fmt(r["exact_match"]),
+                          _fmt(r["forgetting"]), _fmt(r["kl_drift"], 4))
+        console.print(table)
+
+    @adapters.command("show")
+    def adapters_show(
+        adapter_id: int = typer.Argument(..., help="Adapter id (see `continuum adapters list`)."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """One adapter: lineage, metrics, training figures and the alias history that touched it."""
+        from sqlalchemy import or_, select
+
+        from common.db import AliasHistory, session_scope
+        from workers.lineage import evaluation_of, get_adapter
+
+        with session_scope(state.sessions()) as session:
+            adapter = get_adapter(session, adapter_id)
+            info = adapter_summary(session, adapter)
+            evaluation = evaluation_of(session, adapter.id)
+            info["metrics"] = evaluation.metrics if evaluation is not None else None
+            info["train"] = (adapter.metadata_ or {}).get("train")
+            info["recipe"] = (adapter.metadata_ or {}).get("recipe")
+            info["alias_history"] = [
+                {"at": h.created_at.isoformat(), "alias": h.alias, "action": h.action, "from": h.from_adapter_id,
+                 "to": h.to_adapter_id, "succeeded": h.succeeded, "reason": h.reason}
+                for h in session.scalars(
+                    select(AliasHistory)
+                    .where(or_(AliasHistory.to_adapter_id == adapter.id, AliasHistory.from_adapter_id == adapter.id))
+                    .order_by(AliasHistory.id)
+                )
+            ]
+        if json_output:
+            print_json(info)
+            return
+        console.print(f"[bold]{info['name']}@v{info['version']}[/bold] (id {info['id']}, {info['status']})")
+        console.print(f"lineage: {' → '.join('v' + str(v) for v in info['lineage'])}   datasets: {info['dataset_ids']}")
+        console.print(f"base model: {info['base_model']}\nuri: {info['uri']}", highlight=False)
+        if info["recipe"]:
+            console.print(f"recipe: {info['recipe']}", highlight=False)
+        if info["train"]:
+            t = info["train"]
+            console.print(f"training: {t.get('steps')} steps, final loss {_fmt(t.get('final_loss'))}, "
+                          f"{_fmt(t.get('useful_tokens_per_s'), 0)} tokens/s")
+        console.print(f"recall {_fmt(info['plasticity'])}  exact match {_fmt(info['exact_match'])}  "
+                      f"forgetting {_fmt(info['forgetting'])}  KL drift {_fmt(info['kl_drift'], 4)}")
+        for h in info["alias_history"]:
+            verdict = "ok" if h["succeeded"] else "refused"
+            console.print(f"  {h['at']}  {h['alias']}: {h['action']} {h['from']} → {h['to']} ({verdict}) {h['reason'] or ''}")
+
+    @datasets.command("list")
+    def datasets_list(json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+        """Every exported dataset: size, split and the feedback ids it holds."""
+        from rich.table import Table
+        from sqlalchemy import select
+
+        from common.db import Dataset, session_scope
+
+        with session_scope(state.sessions()) as session:
+            rows = [
+                {"id": d.id, "uid": d.uid, "rows": d.num_rows, "train": d.num_train, "holdout": d.num_holdout,
+                 "duplicates": d.num_duplicates, "skipped": d.num_skipped,
+                 "feedback_ids": [d.min_feedback_id, d.max_feedback_id], "uri": d.uri,
+                 "created_at": d.created_at.isoformat()}
+                for d in session.scalars(select(Dataset).order_by(Dataset.id))
+            ]
+        if json_output:
+            print_json(rows)
+            return
+        table = Table("id", "uid", "rows", "train", "holdout", "dups", "skipped", "feedback ids", "created", title="datasets")
+        for r in rows:
+            table.add_row(str(r["id"]), r["uid"][:12], str(r["rows"]), str(r["train"]), str(r["holdout"]),
+                          str(r["duplicates"]), str(r["skipped"]), f"{r['feedback_ids'][0]}–{r['feedback_ids'][1]}",
+                          r["created_at"][:19])
+        console.print(table)
+
+    app.add_typer(adapters, name="adapters")
+    app.add_typer(datasets, name="datasets")
