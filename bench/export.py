@@ -4,7 +4,7 @@
     python bench/export.py --sizes 10000,50000  # smaller runs
 
 Starts a throwaway Postgres and moto's S3 server on loopback (tests/support/servers.py), bulk-loads the
-rows with COPY, then runs each export in a FRESH subprocess so its peak RSS (ru_maxrss) is its own:
+rows with COPY, then runs each export in a FRESH subprocess so its peak RSS (VmHWM) is its own:
 
 * ours  — `workers.export.export_feedback`: claim in one transaction, server-side cursor, streamed gzip
           into a multipart upload, manifest last.
@@ -79,6 +79,26 @@ def load_rows(database_url: str, count: int, block: int = 50_000) -> float:
     return time.perf_counter() - started
 
 
+# A production-like server: the throwaway cluster's defaults (128 MB shared_buffers, 1 GB max_wal_size)
+# make a 1M-row claim spend its time evicting buffers and checkpointing mid-UPDATE.
+SERVER_SETTINGS = {"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min"}
+
+
+def tune_postgres(server) -> None:
+    """ALTER SYSTEM the settings above and restart the cluster (pg_ctl reuses its start options)."""
+    import psycopg
+
+    from tests.support.servers import _binary, _demote_kwargs
+
+    with psycopg.connect(server.url().replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        for name, value in SERVER_SETTINGS.items():
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    subprocess.run(
+        [_binary("pg_ctl"), "-D", str(server.root / "data"), "-w", "-t", "60", "restart"],
+        check=True, capture_output=True, **_demote_kwargs(),
+    )
+
+
 def reset(database_url: str) -> None:
     """Unclaim every row and drop the datasets, then VACUUM so the next run starts from a clean table."""
     import psycopg
@@ -104,7 +124,7 @@ def run_ours(settings, store, compresslevel: int, fetch_rows: int) -> dict:
     started = time.perf_counter()
     result = export_feedback(sessions, store, config, f"bench-{os.getpid()}")
     elapsed = time.perf_counter() - started
-    return {"claimed": result.claimed, "rows": result.rows, "seconds": elapsed}
+    return {"claimed": result.claimed, "rows": result.rows, "seconds": elapsed, "phases": result.seconds}
 
 
 def run_naive(settings, store, compresslevel: int) -> dict:
@@ -149,19 +169,32 @@ def run_naive(settings, store, compresslevel: int) -> dict:
     return {"claimed": len(rows), "rows": len(out), "seconds": elapsed}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a
+    child would inherit the (large, data-loading) parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
+
+
 def child(args: argparse.Namespace) -> None:
     from common.objectstore.s3 import S3ObjectStore
     from common.settings import load_settings
 
     settings = load_settings()
     store = S3ObjectStore.from_settings(settings, part_size=args.part_mib << 20)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = peak_rss_mib()
     if args.child == "ours":
         outcome = run_ours(settings, store, args.compresslevel, args.fetch_rows)
     else:
         outcome = run_naive(settings, store, args.compresslevel)
-    outcome["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    outcome["rss_before_mib"] = rss_before / 1024
+    outcome["peak_rss_mib"] = peak_rss_mib()
+    outcome["rss_before_mib"] = rss_before
     print(json.dumps(outcome))
 
 
@@ -187,6 +220,7 @@ def main() -> None:
     parser.add_argument("--fetch-rows", type=int, default=20_000, help="Server-side cursor fetch size (ours).")
     parser.add_argument("--part-mib", type=int, default=8, help="S3 multipart part size in MiB.")
     parser.add_argument("--skip-naive", action="store_true", help="Only run our export.")
+    parser.add_argument("--stock-postgres", action="store_true", help="Keep the test cluster's default settings.")
     parser.add_argument("--json-out", help="Also write the results to this JSON file.")
     parser.add_argument("--child", choices=["ours", "naive"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,6 +239,9 @@ def main() -> None:
     postgres, s3 = PostgresServer().start(), S3Server().start()
     results = []
     try:
+        if not args.stock_postgres:
+            tune_postgres(postgres)
+            console.print(f"postgres settings: {SERVER_SETTINGS}")
         for size in sizes:
             url = postgres.create_database(f"bench_{size}")
             upgrade(url)

@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=ExperimentSettings.learning_rate)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--buffer", type=int, action="append", default=[],
+                        help="add 'replay from a fixed N-fact buffer' (default replay share) for each N")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
 
@@ -50,6 +52,11 @@ def main() -> None:
     for spec in args.extra:
         label, config = _parse_extra(spec)
         chosen[label] = config
+    buffers = {}
+    for size in args.buffer:
+        label = f"replay[fixed {size}-fact buffer]"
+        chosen[label] = RECIPES["replay"]
+        buffers[label] = size
     if "naive" not in chosen:
         chosen = {"naive": RECIPES["naive"], **chosen}
     settings = ExperimentSettings(facts_per_set=args.facts, epochs=args.epochs, learning_rate=args.lr,
@@ -59,7 +66,7 @@ def main() -> None:
         print(f"  done {r.name}: forgetting_A={r.forgetting_a:.3f} acc_B={r.b_after:.3f} ({r.wall_s:.0f}s)", flush=True)
 
     print(f"two-task facts: {settings}", flush=True)
-    results = run_two_task(chosen, settings, progress=show)
+    results = run_two_task(chosen, settings, progress=show, replay_buffers=buffers)
     naive_b = next(r.b_after for r in results if r.name == "naive")
     print()
     print(f"{'recipe':44s} {'acc_A before':>12s} {'acc_A after':>11s} {'forget_A':>9s} {'acc_B':>7s} {'B/naive':>8s} "

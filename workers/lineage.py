@@ -1,7 +1,8 @@
 """Database lookups the ML jobs share: which adapter a cycle continues, which datasets came before.
 
-The parent of a new cycle is what serves users: the adapter the `production` alias points at; before
-the first promotion, the newest adapter of the lineage; before any training, none (a fresh adapter).
+The parent of a new cycle is what serves users: the adapter the `production` alias points at (when it
+belongs to the lineage); before the first promotion, the newest adapter of the lineage; before any
+training, none (a fresh adapter).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def alias_target(session: Session, alias: str = PRODUCTION) -> Adapter | None:
 def current_parent(session: Session, adapter_name: str) -> Adapter | None:
     """The adapter the next cycle continues (see the module docstring)."""
     promoted = alias_target(session, PRODUCTION)
-    if promoted is not None:
+    if promoted is not None and promoted.name == adapter_name:
         return promoted
     return session.scalars(
         select(Adapter).where(Adapter.name == adapter_name).order_by(Adapter.version.desc()).limit(1)

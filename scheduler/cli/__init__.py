@@ -34,6 +34,9 @@ _TOPICS = [
     "scheduler.cli.beat",
     "scheduler.cli.flower",
     "scheduler.cli.model",
+    "scheduler.cli.jobs",
+    "scheduler.cli.ml",
+    "scheduler.cli.demo",
 ]
 
 

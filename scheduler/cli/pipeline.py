@@ -3,40 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Optional
 
 import typer
 
 from scheduler.cli.context import console, print_json, state
-
-
-def _wait(settings, run_id: str, timeout: float) -> dict:
-    """Live progress bars per step until the run finishes; returns its final status."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from scheduler.pipeline import STEPS, pipeline_status
-
-    deadline = time.monotonic() + timeout
-    with Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bars:
-        tasks = {step: bars.add_task(step, total=1, info="waiting", start=False) for step in STEPS}
-        while True:
-            status = pipeline_status(settings, run_id)
-            for step, info in status["steps"].items():
-                task = tasks[step]
-                progress = info.get("progress") or {}
-                total = progress.get("total") or 1
-                done = total if info["state"] in ("succeeded", "skipped") else min(progress.get("step") or 0, total)
-                label = info["state"] + (f" loss={progress['loss']:.3f}" if isinstance(progress.get("loss"), float) else "")
-                bars.start_task(task)
-                bars.update(task, total=total, completed=done, info=label)
-            if status["state"] != "running":
-                return status
-            if time.monotonic() > deadline:
-                console.print(f"[yellow]still running after {timeout:.0f}s; follow it with `continuum pipeline show {run_id}`[/yellow]")
-                return status
-            time.sleep(0.5)
 
 
 def register(app: typer.Typer) -> None:
@@ -52,6 +23,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Enqueue one pipeline run (in embedded mode `--wait` starts a worker if none is running)."""
         from scheduler.embedded_worker import worker_running
+        from scheduler.jobwait import follow_pipeline
         from scheduler.pipeline import pipeline_status, start_pipeline
         from workers.celery_app import app_for
 
@@ -66,7 +38,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"pipeline run [bold]{pipeline_run.id}[/bold] queued")
             return
         with worker_running(settings):
-            status = _wait(settings, pipeline_run.id, timeout)
+            status = follow_pipeline(settings, pipeline_run.id, console, timeout)
         if json_output:
             print_json(status)
         else:

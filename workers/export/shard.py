@@ -34,7 +34,7 @@ SPLITS = ("train", "holdout")
 
 _LINE = (
     '{"feedback_id":%d,"prompt":%s,"response":%s,"messages":%s,"feedback":"%s","weight":%s,'
-    '"unlikelihood":%s,"split":"%s","content_hash":"%s","created_at":%s}\n'
+    '"unlikelihood":%s,"split":"%s","content_hash":"%s","created_at":"%s"}\n'
 )
 
 
@@ -79,8 +79,12 @@ class _HashingSink(io.RawIOBase):
 
 
 class ShardWriter:
-    """Streams rows `(id, prompt, response, messages_json, feedback, content_hash, created_at)`,
-    ordered by (content_hash, id), into a gzip JSONL stream, applying the policy as it goes."""
+    """Streams rows `(id, prompt, response, messages_json, feedback, content_hash, created_at_iso)`,
+    ordered by (content_hash, id), into a gzip JSONL stream, applying the policy as it goes.
+
+    `messages_json` is the stored JSON text (or None) and `created_at_iso` an ISO-8601 UTC string, both
+    produced by the database so the hot loop neither parses JSON nor formats datetimes.
+    """
 
     def __init__(self, dst: BinaryIO, config: ExportConfig):
         self._sink = _HashingSink(dst)
@@ -128,8 +132,6 @@ class ShardWriter:
                 holdout += 1
             else:
                 split = "train"
-            if created_at.tzinfo is None:  # SQLite drops the zone; we only ever store UTC
-                created_at = created_at.replace(tzinfo=timezone.utc)
             append(
                 _LINE
                 % (
@@ -142,7 +144,7 @@ class ShardWriter:
                     encoded[1],
                     split,
                     chash,
-                    _quote(created_at.isoformat()),
+                    created_at,
                 )
             )
         counts.claimed += len(rows)
@@ -152,8 +154,8 @@ class ShardWriter:
         counts.min_feedback_id, counts.max_feedback_id = lo, hi
         self._previous_hash = previous
         if lines:
-            # ASCII-only: _quote escapes every non-ASCII character, as json.dumps does by default.
-            self._gzip.write("".join(lines).encode("ascii"))
+            # _quote escapes every non-ASCII character (as json.dumps does); stored messages JSON may not.
+            self._gzip.write("".join(lines).encode("utf-8"))
 
     def close(self) -> tuple[str, int]:
         """Finish the gzip stream; (sha256, size) of the compressed shard."""

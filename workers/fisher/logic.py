@@ -56,7 +56,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         previous_ref = (previous_row.id, previous_row.uri) if previous_row is not None else None
 
     from workers.export.shard import iter_dataset_rows
-    from workers.learning.fisher import FisherArtifact as FisherValues
+    from workers.learning.fisher_artifact import FisherArtifact as FisherValues
     from workers.learning.fisher import batches_for_rows, combine_online, compute_fisher
     from workers.learning.lora import attach_adapter
     from workers.learning.replay import reservoir_sample

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from common.errors import ConfigError
 from workers.learning.evaluation import bounded_sample
 from workers.learning.ewc import EWC
-from workers.learning.fisher import FisherArtifact, batches_for_rows, combine_online, compute_fisher
+from workers.learning.fisher import batches_for_rows, combine_online, compute_fisher
+from workers.learning.fisher_artifact import FisherArtifact
 from workers.learning.kl import KLDistillation
 from workers.learning.replay import HistoryFactory, ReplayMixer
 

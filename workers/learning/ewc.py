@@ -68,8 +68,8 @@ class EWC:
     """The EWC penalty as a `Regularizer` for `training.fit`.
 
     Build it with `EWC.from_model` at the start of a cycle, when the model holds the parent adapter:
-    the current values become θ*. `last_penalty` keeps the latest (unscaled by nothing: it already
-    includes λ/2) value for logging.
+    the current values become θ*. `last_penalty` keeps the latest penalty (λ/2 included) for logging;
+    `fit` logs its mean and the penalty/task-loss ratio.
     """
 
     name = "ewc"

@@ -38,12 +38,18 @@ def response_token_kl(
 def teacher_logits(model: Any, batch: dict[str, torch.Tensor], teacher: str = "base") -> torch.Tensor:
     """Logits of the teacher for `batch`, without gradients."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    with torch.no_grad():
-        if teacher == "base":
-            with model.disable_adapter():
-                return model(**inputs).logits
-        names = [teacher] * batch["input_ids"].shape[0]
-        return model(**inputs, adapter_names=names).logits
+    # The teacher is deterministic (no dropout), and peft only takes `adapter_names` in eval mode.
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if teacher == "base":
+                with model.disable_adapter():
+                    return model(**inputs).logits
+            names = [teacher] * batch["input_ids"].shape[0]
+            return model(**inputs, adapter_names=names).logits
+    finally:
+        model.train(was_training)
 
 
 class KLDistillation:

@@ -62,3 +62,60 @@ def response_loss(
     per_sample = (terms * maskf).sum(dim=1) / counts.clamp(min=1)  # (B,)
     weighted = per_sample * sample_weight.to(per_sample.dtype)  # (B,)
     return LossOutput(loss=weighted.mean(), per_sample=weighted.detach(), response_tokens=counts)
+
+
+def selected_response_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    rows: torch.Tensor,
+    batch_size: int,
+    sample_weight: torch.Tensor,
+    unlikelihood: torch.Tensor | None = None,
+    token_weight: torch.Tensor | None = None,
+) -> LossOutput:
+    """The same loss as `response_loss`, from logits computed only at the N positions that carry loss.
+
+    logits (N, V) predict targets (N,); rows (N,) says which sample each belongs to; token_weight (N,).
+    """
+    nll = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    terms = nll
+    if unlikelihood is not None:
+        unlikely = -torch.log(torch.clamp(1.0 - torch.exp(-nll), min=_MIN_ONE_MINUS_P))  # (N,)
+        terms = torch.where(unlikelihood[rows], unlikely, nll)
+    if token_weight is not None:
+        terms = terms * token_weight.to(terms.dtype)
+    sums = torch.zeros(batch_size, dtype=terms.dtype, device=terms.device).index_add_(0, rows, terms)  # (B,)
+    counts = torch.bincount(rows, minlength=batch_size)  # (B,)
+    per_sample = sums / counts.clamp(min=1)
+    weighted = per_sample * sample_weight.to(per_sample.dtype)  # (B,)
+    return LossOutput(loss=weighted.mean(), per_sample=weighted.detach(), response_tokens=counts)
+
+
+def response_head_loss(
+    model: object, batch: dict[str, torch.Tensor], unlikelihood: torch.Tensor | None = None
+) -> LossOutput:
+    """The `response_loss` of `model` on `batch`, running the LM head only on positions that predict a response token.
+
+    On a short-vocabulary model the head and its softmax are a large share of a step; prompt positions
+    (often half the tokens) need neither. Works for standard HF causal LMs (decoder + output embeddings);
+    `head_only_supported` says when.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # (B, T, H)
+    targets = batch["labels"][:, 1:]  # (B, T-1) position t predicts token t + 1
+    mask = targets != IGNORE_INDEX  # (B, T-1)
+    rows = mask.nonzero()[:, 0]  # (N,)
+    logits = base.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
+    return selected_response_loss(logits, targets[mask], rows, targets.size(0), batch["sample_weight"], unlikelihood)
+
+
+def head_only_supported(model: object) -> bool:
+    """True for causal LMs whose logits are exactly `lm_head(decoder(x))` (no scaling or soft-capping)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or not hasattr(base, "get_decoder") or base.get_output_embeddings() is None:
+        return False
+    special = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+    return not any(getattr(config, name, None) not in (None, 1, 1.0) for name in special)

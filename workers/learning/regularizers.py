@@ -24,9 +24,9 @@ class Regularizer(Protocol):
     - ``state_dict()`` / ``load_state_dict(d)``: tensors only (saved as safetensors in checkpoints);
       return ``{}`` when stateless.
 
-    Optional attribute ``needs_logits`` (default True): a regulariser that never reads
-    ``outputs.logits`` (EWC, L2 on ΔW) may set it False, which lets `fit` compute logits only on
-    response positions (``outputs.logits`` is then ``(B, K, V)``, the last K positions).
+    Optional attribute ``needs_logits`` (default True): a regulariser that never reads ``outputs``
+    (EWC, L2 on ΔW) may set it False, which lets `fit` run the LM head only on response positions;
+    ``outputs`` is then None (or, for models without that fast path, logits of the last K positions).
     """
 
     name: str

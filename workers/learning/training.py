@@ -33,7 +33,7 @@ from workers.learning.checkpoints import (
 )
 from workers.learning.formatting import EncodedSample, encode_rows
 from workers.learning.lora import trainable_parameters
-from workers.learning.losses import response_loss
+from workers.learning.losses import head_only_supported, response_head_loss, response_loss
 from workers.learning.regularizers import Regularizer
 from workers.learning.schedule import SCHEDULES, build_scheduler
 
@@ -208,6 +208,7 @@ def fit(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     need_full_logits = any(getattr(r, "needs_logits", True) for r in regularizers)
     trim_logits = config.logits_for_response_only and not need_full_logits
+    head_only = trim_logits and head_only_supported(model)
 
     data = _EpochData(rows, tokenizer, config.max_length)
     first_samples = data.samples(0)
@@ -275,18 +276,19 @@ def fit(
                     chosen = [samples[i] for i in indices]
                     tokens_seen += sum(len(s) for s in chosen)
                     batch = batch_to(collate(chosen, pad_id), device)
-                    keep = 0  # 0 = all positions
-                    if trim_logits:
-                        width = batch["input_ids"].size(1)
-                        keep = width - min(s.prompt_len for s in chosen) + 1
-                        keep = 0 if keep >= width else keep
+                    flagged = batch["unlikelihood"] if any(s.unlikelihood for s in chosen) else None
                     with autocast:
-                        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        use_cache=False, logits_to_keep=keep)
-                        task = response_loss(
-                            outputs.logits, batch["labels"], batch["sample_weight"],
-                            batch["unlikelihood"] if any(s.unlikelihood for s in chosen) else None,
-                        )
+                        if head_only:  # LM head only where there is loss; outputs carry no logits
+                            task, outputs = response_head_loss(model, batch, flagged), None
+                        else:
+                            keep = 0  # 0 = all positions; else the last `keep` (from the earliest response)
+                            if trim_logits:
+                                width = batch["input_ids"].size(1)
+                                keep = width - min(s.prompt_len for s in chosen) + 1
+                                keep = 0 if keep >= width else keep
+                            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                            use_cache=False, logits_to_keep=keep)
+                            task = response_loss(outputs.logits, batch["labels"], batch["sample_weight"], flagged)
                         total = task.loss
                         for reg in regularizers:
                             penalty = reg.loss(model, batch, outputs)

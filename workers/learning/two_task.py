@@ -52,8 +52,12 @@ class RecipeResult:
 
 
 def run_two_task(recipes: dict[str, ContinualConfig] | Iterable[str], settings: ExperimentSettings = ExperimentSettings(),
-                 progress: Any = None) -> list[RecipeResult]:
-    """Train A once, then B under every recipe from the same A-trained adapter; results in order given."""
+                 progress: Any = None, replay_buffers: dict[str, int] | None = None) -> list[RecipeResult]:
+    """Train A once, then B under every recipe from the same A-trained adapter; results in order given.
+
+    `replay_buffers` maps a recipe name to a fixed buffer size: that recipe replays only from the
+    first N facts of A (a fixed reservoir) instead of a fresh draw from all of A each epoch.
+    """
     from workers.learning.lora import LoraSettings, attach_adapter
     from workers.learning.synthetic import make_fact_sets
     from workers.learning.tiny import build_tiny_model, build_tokenizer
@@ -86,7 +90,9 @@ def run_two_task(recipes: dict[str, ContinualConfig] | Iterable[str], settings: 
                 teacher = load_parent_as_teacher(model, parent_dir)
             start = time.perf_counter()
             fisher = finish_cycle(model, tokenizer, facts_a, config)
-            plan = prepare_cycle(model, facts_b, config, history=in_memory_history(facts_a),
+            buffer = (replay_buffers or {}).get(name)
+            history = in_memory_history(facts_a[:buffer] if buffer else facts_a)
+            plan = prepare_cycle(model, facts_b, config, history=history,
                                  fisher=fisher.values if fisher else None, parent_teacher=teacher)
             result = fit(model, tokenizer, plan.rows, train, regularizers=plan.regularizers)
             wall = time.perf_counter() - start

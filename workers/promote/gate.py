@@ -17,11 +17,17 @@ class GateDecision:
         return "; ".join(self.reasons)
 
 
-def decide(metrics: dict[str, Any], *, max_forgetting: float, min_gain: float) -> GateDecision:
-    """Pass when forgetting ≤ max_forgetting and new-data gain ≥ min_gain (a missing metric — no
-    parent to compare with on the first cycle — does not block)."""
+def decide(metrics: dict[str, Any], *, max_forgetting: float, min_gain: float, min_plasticity: float = 0.0) -> GateDecision:
+    """Pass when forgetting ≤ max_forgetting, new-data gain ≥ min_gain and answer accuracy on the new
+    data ≥ min_plasticity (a missing metric — no parent to compare with on the first cycle — does not block)."""
     reasons: list[str] = []
     passed = True
+    # Answer accuracy: exact match when the evaluation decoded answers, else token accuracy.
+    learned = metrics.get("exact_match") if metrics.get("exact_match") is not None else metrics.get("plasticity")
+    if learned is not None:
+        ok = learned >= min_plasticity
+        passed &= ok
+        reasons.append(f"plasticity {learned:.4f} {'>=' if ok else '<'} {min_plasticity}")
     forgetting = metrics.get("forgetting")
     if forgetting is not None:
         ok = forgetting <= max_forgetting

@@ -28,6 +28,7 @@ class PromoteJobParams(BaseModel):
     alias: str = Field("production", description="Alias to move.")
     max_forgetting: float | None = Field(None, description="Override settings.promote_max_forgetting.")
     min_gain: float | None = Field(None, description="Override settings.promote_min_gain.")
+    min_plasticity: float | None = Field(None, description="Override settings.promote_min_plasticity.")
     force: bool = Field(False, description="Skip the gate (operator decision; still recorded).")
 
 
@@ -63,6 +64,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
             metrics,
             max_forgetting=ctx.settings.promote_max_forgetting if params.max_forgetting is None else params.max_forgetting,
             min_gain=ctx.settings.promote_min_gain if params.min_gain is None else params.min_gain,
+            min_plasticity=(ctx.settings.promote_min_plasticity if params.min_plasticity is None
+                            else params.min_plasticity),
         )
         if evaluation is None and not params.force:
             decision = decision.__class__(False, ["no evaluation given: evaluate first or pass force"])

@@ -12,10 +12,10 @@ from common.settings import Settings
 # Per-cycle defaults for the tiny model's facts workload: a cycle must actually learn its new facts
 # (exact match >= 0.9) in minutes on a CPU. Overridable per job (`train` params) or by settings.
 CYCLE_DEFAULTS: dict[str, Any] = {
-    "epochs": 30,
-    "learning_rate": 3e-3,
+    "epochs": 40,
+    "learning_rate": 2e-3,
     "batch_size": 8,
-    "warmup_steps": 10,
+    "warmup_steps": 5,
     "max_length": 256,
     "checkpoint_every": 25,
     "log_every": 5,
@@ -33,6 +33,7 @@ class TrainJobParams(BaseModel):
     fresh: bool = Field(False, description="Start a new adapter even if a parent exists.")
     fisher_id: int | None = Field(None, description="Fisher for EWC; default: the newest for the parent.")
     recipe: str | None = Field(None, description="Continual recipe name; default: settings.recipe.")
+    adapter_name: str | None = Field(None, description="Lineage to publish into; default: settings.adapter_name.")
     recipe_overrides: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides.")
     lora: dict[str, Any] = Field(default_factory=dict, description="LoraSettings overrides (fresh adapter only).")

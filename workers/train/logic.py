@@ -43,7 +43,7 @@ def _plan_inputs(ctx: JobContext, params: TrainJobParams) -> dict[str, Any] | Ad
         if params.parent_adapter_id is not None:
             parent = get_adapter(session, params.parent_adapter_id)
         else:
-            parent = None if params.fresh else current_parent(session, ctx.settings.adapter_name)
+            parent = None if params.fresh else current_parent(session, params.adapter_name or ctx.settings.adapter_name)
         history = [d for d in datasets_by_id(session, taught_dataset_ids(session, parent)) if d.id != dataset.id]
         fisher = None
         if params.fisher_id is not None:
@@ -68,7 +68,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     from workers.export.shard import iter_dataset_rows
     from workers.learning.continual import prepare_cycle, recipe
-    from workers.learning.fisher import FisherArtifact as FisherValues
+    from workers.learning.fisher_artifact import FisherArtifact as FisherValues
     from workers.learning.kl import load_parent_as_teacher
     from workers.learning.lora import LoraSettings, attach_adapter, publish_adapter, settings_dict
     from workers.learning.training import TrainCallbacks, fit
@@ -119,7 +119,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         )
         if teacher is not None:
             model.delete_adapter(teacher)  # publish only the trained adapter
-        prefix = f"adapters/{ctx.settings.adapter_name}/{ctx.job_id}"
+        prefix = f"adapters/{params.adapter_name or ctx.settings.adapter_name}/{ctx.job_id}"
         metadata = {
             "prefix": prefix,
             "base_model": loaded.base_model,
@@ -137,14 +137,14 @@ def run(ctx: JobContext) -> dict[str, Any]:
             "job_id": ctx.job_id,
         }
         publish_adapter(ctx.store, prefix, model, metadata, workdir=tmp)
-    adapter = _register(ctx, parent, dataset_id, inputs, prefix, metadata)
+    adapter = _register(ctx, params.adapter_name or ctx.settings.adapter_name, parent, dataset_id, inputs, prefix, metadata)
     ctx.store.delete_prefix(f"checkpoints/{ctx.job_id}/")  # the adapter is durable; checkpoints are not needed
     return _result(adapter)
 
 
-def _register(ctx: JobContext, parent: Adapter | None, dataset_id: int, inputs: dict, prefix: str, metadata: dict) -> Adapter:
+def _register(ctx: JobContext, name: str, parent: Adapter | None, dataset_id: int, inputs: dict, prefix: str,
+              metadata: dict) -> Adapter:
     """Insert the adapter row with the next version number; the job id makes a retry find it instead."""
-    name = ctx.settings.adapter_name
     for _attempt in range(5):
         try:
             with session_scope(ctx.sessions) as session:

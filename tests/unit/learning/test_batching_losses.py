@@ -6,7 +6,7 @@ import torch
 
 from workers.learning.batching import bucket_batches, collate
 from workers.learning.formatting import IGNORE_INDEX, encode_rows
-from workers.learning.losses import response_loss
+from workers.learning.losses import head_only_supported, response_head_loss, response_loss
 from workers.learning.synthetic import feedback_row, make_facts, make_feedback_like
 
 from .conftest import narrow_lora_model
@@ -124,3 +124,22 @@ def test_collate_contract(tokenizer):
         assert batch["input_ids"][row, : len(s)].tolist() == s.input_ids
         assert batch["attention_mask"][row].sum() == len(s)
         assert batch["labels"][row, len(s) :].eq(IGNORE_INDEX).all()
+
+
+def test_head_only_fast_path_equals_the_full_logits_loss_and_gradients(tokenizer):
+    model = narrow_lora_model(seed=2).eval()
+    assert head_only_supported(model)
+    rows = make_facts(3, seed=8) + make_feedback_like(3, seed=8, max_tokens=80)
+    rows[1]["unlikelihood"] = True
+    batch = collate(encode_rows(rows, tokenizer, 512), tokenizer.pad_token_id)
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+
+    full = response_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                         batch["labels"], batch["sample_weight"], batch["unlikelihood"])
+    full_grads = torch.autograd.grad(full.loss, lora)
+    fast = response_head_loss(model, batch, batch["unlikelihood"])
+    fast_grads = torch.autograd.grad(fast.loss, lora)
+    torch.testing.assert_close(fast.per_sample, full.per_sample, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fast.response_tokens, full.response_tokens)
+    for a, b in zip(fast_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -13,6 +13,16 @@ SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "n
          "num_key_value_heads": 2}
 
 
+@pytest.fixture(scope="package", autouse=True)
+def single_thread():
+    """One torch thread: these models are too small to gain from more, and on a shared 2-core box two
+    OpenMP threads fighting other processes made steps ~30x slower (measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tokenizer(0)

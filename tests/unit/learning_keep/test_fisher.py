@@ -9,12 +9,12 @@ import torch
 
 from tests.unit.learning_keep.conftest import make_lora_model
 from workers.learning.fisher import (
-    FisherArtifact,
     batches_for_rows,
     combine_online,
     compute_fisher,
     summed_response_loss,
 )
+from workers.learning.fisher_artifact import FisherArtifact
 
 
 def relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:

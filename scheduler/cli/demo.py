@@ -1,0 +1,59 @@
+"""`continuum demo` and `continuum init`: the first things a new user runs."""
+
+from __future__ import annotations
+
+import typer
+
+from scheduler.cli.context import console, print_json, state
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("init")
+    def init() -> None:
+        """Create the embedded home, migrate the database and store the built-in tiny model."""
+        from common.db.migrate import upgrade
+        from common.objectstore import open_store
+        from workers.base_model import resolve_base_model
+
+        settings = state.settings
+        upgrade(settings.resolved_database_url)
+        with console.status("building the tiny model"):
+            path = resolve_base_model(settings, open_store(settings))
+        console.print(f"database: {settings.resolved_database_url}\nobjects:  {settings.resolved_storage_url}\n"
+                      f"model:    {path}\nnext: `continuum feedback import FILE`, then `continuum pipeline run --wait`",
+                      highlight=False)
+
+    @app.command("demo")
+    def demo(
+        rounds: int = typer.Option(3, "--rounds", min=1, max=10, help="Feedback rounds (one continual cycle each)."),
+        facts: int = typer.Option(40, "--facts", min=4, help="Made-up facts users teach per round."),
+        epochs: int = typer.Option(0, "--epochs", min=0, help="Epochs per cycle (0: the cycle default)."),
+        naive: bool = typer.Option(True, "--naive/--no-naive", help="Also train the naive recipe for comparison."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Full continual cycles on the embedded default: tiny model, synthetic feedback, real worker."""
+        import time
+
+        from scheduler.demo.run import DemoOptions, run_demo
+        from scheduler.demo.table import cycle_table
+
+        started = time.monotonic()
+        console.print("[bold]continuum demo[/bold] — synthetic feedback: invented facts ('the capital of Zorvania…') "
+                      "that simulated users teach the assistant, one round per cycle.")
+        rows, settings = run_demo(state.settings, DemoOptions(rounds=rounds, facts_per_round=facts, epochs=epochs,
+                                                               naive=naive), console)
+        table, data = cycle_table(rows, with_naive=naive)
+        report_dir = settings.home / "report"
+        from common.db.engine import session_scope
+        from scheduler.report.build import build_report
+        from workers.resources import resources_for
+
+        with session_scope(resources_for(settings).sessions) as session:
+            files = build_report(session, report_dir, lineages=["default", "naive"] if naive else ["default"])
+        if json_output:
+            print_json({"cycles": data, "report": str(files.html), "seconds": time.monotonic() - started})
+            return
+        console.print(table)
+        console.print("recall = answers to this round's facts (exact match / token accuracy); retention = token "
+                      "accuracy on earlier rounds' facts now; forgetting = worst drop since a round was taught.")
+        console.print(f"report: {files.html}   ({time.monotonic() - started:.0f}s in all)", highlight=False)

@@ -1,0 +1,78 @@
+"""`continuum jobs …`: list, show, cancel and retry jobs in the ledger."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from scheduler.cli.context import console, print_json, state
+
+
+def _row(job) -> dict:
+    return {"id": job.id, "kind": job.kind, "queue": job.queue, "state": job.state, "attempts": job.attempts,
+            "max_attempts": job.max_attempts, "lease_owner": job.lease_owner, "progress": job.progress,
+            "result": job.result, "error": job.error, "pipeline_run_id": job.pipeline_run_id,
+            "created_at": job.created_at, "finished_at": job.finished_at}
+
+
+def register(app: typer.Typer) -> None:
+    jobs = typer.Typer(help="Jobs in the ledger (the source of truth; Celery only carries their ids).",
+                       no_args_is_help=True)
+
+    def ledger():
+        from workers.resources import resources_for
+
+        state.sessions()
+        return resources_for(state.settings).ledger
+
+    @jobs.command("list")
+    def list_jobs(
+        job_state: Optional[str] = typer.Option(None, "--state", help="Only jobs in this state."),
+        limit: int = typer.Option(30, "--limit", help="Newest N jobs."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Recent jobs, newest first."""
+        from rich.table import Table
+
+        rows = [_row(job) for job in ledger().list(state=job_state, limit=limit)]
+        if json_output:
+            print_json(rows)
+            return
+        table = Table("id", "kind", "queue", "state", "tries", "progress", "error")
+        for r in rows:
+            progress = r["progress"] or {}
+            step = f"{progress.get('step')}/{progress.get('total')}" if "step" in progress else ""
+            table.add_row(r["id"], r["kind"], r["queue"], r["state"], f"{r['attempts']}/{r['max_attempts']}", step,
+                          (r["error"] or "")[:50])
+        console.print(table)
+
+    @jobs.command("show")
+    def show(job_id: str = typer.Argument(..., help="Job id."),
+             json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+        """One job: state, attempts, lease, progress, result or error."""
+        row = _row(ledger().get(job_id))
+        if json_output:
+            print_json(row)
+        else:
+            console.print_json(json.dumps(row, default=str))
+
+    @jobs.command("cancel")
+    def cancel(job_id: str = typer.Argument(..., help="Job id.")) -> None:
+        """Cancel: a queued job at once, a running one within seconds (its process is stopped)."""
+        new_state = ledger().request_cancel(job_id)
+        console.print(f"job {job_id}: {new_state.value}" + (" (stopping)" if new_state.value == "running" else ""))
+
+    @jobs.command("retry")
+    def retry(job_id: str = typer.Argument(..., help="A failed or cancelled job."),
+              attempts: int = typer.Option(1, "--attempts", help="Extra attempts to allow.")) -> None:
+        """Put a failed or cancelled job back in its queue (dead letter → queued)."""
+        from workers.celery_app import app_for
+        from workers.dispatch import send_job
+
+        job = ledger().retry(job_id, extra_attempts=attempts)
+        send_job(app_for(state.settings), job)
+        console.print(f"job {job_id} queued again on {job.queue}")
+
+    app.add_typer(jobs, name="jobs")

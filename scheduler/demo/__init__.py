@@ -1,0 +1,1 @@
+"""`continuum demo`: full continual cycles on the embedded default, with synthetic feedback."""

@@ -1,0 +1,65 @@
+"""A worker app that freezes the export job at one crash point, so a test can `kill -9` it right there.
+
+`CONTINUUM_TEST_EXPORT_CRASH_AT` names the point; on reaching it the worker writes the file named by
+`CONTINUUM_TEST_EXPORT_CRASH_MARKER` and blocks forever (the test then SIGKILLs it). The hooks watch
+the real statements and store calls of the production code path; nothing in it is replaced:
+
+- `before_claim`: the `UPDATE feedback SET dataset_id …` claim is about to run (placeholder dataset
+  row inserted, transaction open);
+- `after_shard`: the shard is fully uploaded, the manifest not yet written;
+- `after_manifest`: the manifest is written, the dataset row not yet updated nor committed;
+- `after_commit`: the export committed, the job ledger has not yet recorded success.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, event
+
+from common.objectstore.s3 import S3ObjectStore
+from common.settings import load_settings
+from workers.celery_app import make_celery
+
+CRASH_AT = os.environ.get("CONTINUUM_TEST_EXPORT_CRASH_AT", "")
+MARKER = os.environ.get("CONTINUUM_TEST_EXPORT_CRASH_MARKER", "")
+POINTS = ("before_claim", "after_shard", "after_manifest", "after_commit")
+if CRASH_AT and CRASH_AT not in POINTS:
+    raise SystemExit(f"CONTINUUM_TEST_EXPORT_CRASH_AT must be one of {POINTS}, got {CRASH_AT!r}")
+
+
+def _freeze(point: str) -> None:
+    if point != CRASH_AT:
+        return
+    Path(MARKER).write_text(point)
+    while True:  # hold every lock and connection exactly as they are until SIGKILL
+        time.sleep(60)
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _watch_statements(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    text = " ".join(statement.split()).upper()
+    if text.startswith("UPDATE FEEDBACK SET DATASET_ID"):
+        _freeze("before_claim")
+    elif text.startswith("UPDATE DATASETS SET NUM_ROWS"):
+        _freeze("after_manifest")
+    elif text.startswith("UPDATE JOBS SET STATE") and "RESULT=" in text.replace(" ", ""):
+        # The ledger's finish statement: by now the export's own transaction has committed.
+        if isinstance(parameters, dict) and parameters.get("new_state") in ("succeeded", "skipped"):
+            _freeze("after_commit")
+
+
+_put_bytes = S3ObjectStore.put_bytes
+
+
+def _put_bytes_watched(self, key: str, data: bytes) -> None:
+    if key.startswith("datasets/") and key.endswith("/manifest.json"):
+        _freeze("after_shard")
+    _put_bytes(self, key, data)
+
+
+S3ObjectStore.put_bytes = _put_bytes_watched
+
+app = make_celery(load_settings().check())
