@@ -93,9 +93,10 @@ def tune_postgres(server) -> None:
     with psycopg.connect(server.url().replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
         for name, value in SERVER_SETTINGS.items():
             conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    # -l and DEVNULL: the restarted server must not inherit (and hold open) our pipes.
     subprocess.run(
-        [_binary("pg_ctl"), "-D", str(server.root / "data"), "-w", "-t", "60", "restart"],
-        check=True, capture_output=True, **_demote_kwargs(),
+        [_binary("pg_ctl"), "-D", str(server.root / "data"), "-l", str(server.root / "log"), "-w", "-t", "60", "restart"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **_demote_kwargs(),
     )
 
 

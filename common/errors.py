@@ -56,5 +56,9 @@ class DatabaseUnavailable(RetryableError):
     """The database could not be reached."""
 
 
+class BrokerUnavailable(RetryableError):
+    """The Celery broker (Redis, or the embedded broker) could not be reached."""
+
+
 class NotFound(PermanentError):
     """A named record (adapter, dataset, job) does not exist."""

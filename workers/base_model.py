@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common.objectstore import ObjectStore
 from common.objectstore.artifacts import download_artifact, is_complete, publish_artifact
+from common.errors import PermanentError
 from common.settings import Settings
 
 BUILTIN_TINY = "builtin:tiny"
@@ -41,6 +42,7 @@ def publish_tiny_model(store: ObjectStore, seed: int = 0, size: str = "tiny") ->
 def resolve_base_model(settings: Settings, store: ObjectStore) -> str:
     """A local directory or hub id that `load_model_and_tokenizer` can open."""
     if settings.base_model and settings.base_model != BUILTIN_TINY:
+        _check_local_model(settings.base_model)
         return settings.base_model
     cache = (settings.home / "cache" / "models" / "builtin-tiny").resolve()
     if (cache / _COMPLETE_MARK).exists():
@@ -58,3 +60,15 @@ def resolve_base_model(settings: Settings, store: ObjectStore) -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(cache)
+
+
+def _check_local_model(name_or_path: str) -> None:
+    """A path-like CONTINUUM_BASE_MODEL must be a model directory: fail here, naming the setting, not in a
+    worker deep inside transformers. Hub ids (`org/name`) pass; the loader resolves them."""
+    path = Path(name_or_path).expanduser()
+    path_like = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.exists()
+    if path_like and not (path / "config.json").is_file():
+        raise PermanentError(
+            f"CONTINUUM_BASE_MODEL={name_or_path!r} is not a model directory (no config.json there): point it at a "
+            "Hugging Face model directory, or unset it to use the built-in tiny model"
+        )

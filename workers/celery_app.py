@@ -100,13 +100,25 @@ def make_celery(settings: Settings) -> Celery:
 def _register_job_task(app: Celery, kind: JobKind, settings: Settings) -> None:
     from workers.runner.execute import hard_time_limit, soft_time_limit
 
-    def job_task(self, job_id: str) -> dict[str, Any]:
+    def job_task(self, job_id: str | None = None, params: dict[str, Any] | None = None,
+                 idempotency_key: str | None = None, **unknown: Any) -> dict[str, Any]:
         from workers.runner.execute import execute_job
+        from workers.runner.submission import resolve_job_id
+        from workers.resources import resources_for
 
+        if params is not None or idempotency_key is not None or unknown or job_id is None:
+            # A message from a client that cannot write ledger rows (another language): create it here.
+            settings = self.app.continuum_settings
+            job_id = resolve_job_id(
+                settings, resources_for(settings).ledger, kind, job_id=job_id, params=params,
+                idempotency_key=idempotency_key, unknown=unknown, message_id=self.request.id,
+                delivered_to=(self.request.delivery_info or {}).get("routing_key"),
+            )
         return execute_job(self, job_id)
 
     job_task.__name__ = job_task.__qualname__ = f"{kind.name}_task"
-    job_task.__doc__ = f"Run one `{kind.name}` job (payload: {{\"job_id\": …}})."
+    job_task.__doc__ = (f"Run one `{kind.name}` job (payload: {{\"job_id\": …}}, or {{\"params\": …, "
+                        f"\"idempotency_key\": …}} from clients that cannot write the ledger).")
     app.task(
         name=kind.task_name,
         bind=True,

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.db.engine import session_scope
 from common.db.models import Job, JobState
 from common.errors import DatabaseUnavailable, NotFound, ValidationError
+from common.ledger.driver_statements import DriverStatements
 
 Clock = Callable[[], datetime]
 
@@ -99,6 +100,10 @@ class JobLedger:
             self._autocommit = bind.execution_options(isolation_level="AUTOCOMMIT")
             self._owns_autocommit = False
         self._hot = _HotStatements(bind.dialect.name)
+        # Postgres: the three per-job statements go straight to the driver as SQL compiled once;
+        # SQLAlchemy's execution layer cost ~0.2 ms of CPU per statement, a third of the ledger's
+        # cost per job on 2 busy cores (bench/dispatch.py). Same statements, same guarantees.
+        self._driver = DriverStatements(self._hot, self._autocommit) if self._owns_autocommit else None
 
     def close(self) -> None:
         """Release the ledger's own connections (the session factory's engine is the caller's)."""
@@ -127,6 +132,21 @@ class JobLedger:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _hot_statement(self, name: str, parameters: dict[str, Any]) -> dict[str, Any] | int | None:
+        """Run one of the hot statements (`create`, `claim`, `finish`): the RETURNING row as a dict
+        (None when no row matched), or the rowcount."""
+        if self._driver is not None:
+            try:
+                return self._driver.run(name, parameters)
+            except DBAPIError as exc:
+                if isinstance(exc, OperationalError):
+                    raise DatabaseUnavailable(
+                        f"database unreachable or busy ({exc.orig.__class__.__name__}): check CONTINUUM_DATABASE_URL and that the server is up"
+                    ) from exc
+                raise
+        found = self._one_statement(getattr(self._hot, name), parameters)
+        return dict(found._mapping) if found is not None and not isinstance(found, int) else found
+
     @property
     def engine(self) -> Engine:
         return self._sessions.kw["bind"]
@@ -142,14 +162,16 @@ class JobLedger:
         idempotency_key: str | None = None,
         max_attempts: int = 3,
         pipeline_run_id: str | None = None,
+        job_id: str | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job unless one with `idempotency_key` exists; returns (job, created).
 
         INSERT … ON CONFLICT DO NOTHING: two producers racing with the same key get the same row.
+        `job_id` is for clients that choose the id themselves (workers.runner.submission); default a new UUID.
         """
         if max_attempts < 1:
             raise ValidationError("max_attempts must be at least 1")
-        job_id = str(uuid.uuid4())
+        job_id = job_id or str(uuid.uuid4())
         key = idempotency_key or f"job:{job_id}"
         now = self._clock()
         values = dict(
@@ -158,7 +180,7 @@ class JobLedger:
             pipeline_run_id=pipeline_run_id, created_at=now, updated_at=now,
         )
         # RETURNING: the common case (a new key) costs one round trip; only a conflict reads back.
-        inserted = self._one_statement(self._hot.create, values)
+        inserted = self._hot_statement("create", values)
         if inserted is not None:
             job = Job(**values)
         else:
@@ -195,12 +217,12 @@ class JobLedger:
     def claim(self, job_id: str, owner: str, lease_seconds: float) -> Claim:
         """Take the job if it is queued, or running under an expired lease, and has attempts left."""
         now = self._clock()
-        claimed = self._one_statement(
-            self._hot.claim,
+        claimed = self._hot_statement(
+            "claim",
             {"job_id": job_id, "owner": owner, "now": now, "expires": now + timedelta(seconds=lease_seconds)},
         )
         if claimed is not None:
-            return Claim(ClaimOutcome.claimed, Job(**claimed._mapping))
+            return Claim(ClaimOutcome.claimed, Job(**claimed))
         return self._explain_refusal(job_id, now)
 
     def _explain_refusal(self, job_id: str, now: datetime) -> Claim:
@@ -274,8 +296,8 @@ class JobLedger:
     def succeed(self, job_id: str, owner: str, result: dict[str, Any] | None = None,
                 state: JobState = JobState.succeeded) -> bool:
         """Record success (or `skipped`, a success that decided there was nothing to do)."""
-        return bool(self._one_statement(
-            self._hot.finish,
+        return bool(self._hot_statement(
+            "finish",
             {"job_id": job_id, "owner": owner, "new_state": state.value, "result": result or {}, "now": self._clock()},
         ))
 
@@ -479,3 +501,4 @@ class _HotStatements:
 
 def is_finished(state: str) -> bool:
     return state in _FINISHED
+

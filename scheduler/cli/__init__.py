@@ -65,7 +65,7 @@ def main() -> None:
     except ContinuumError as exc:
         if state.debug:
             raise
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _print_error(str(exc))
         sys.exit(1)
     except Exception as exc:  # click usage errors and anything unexpected
         # Typer vendors its own click, so usage errors are recognised by shape, not by class.
@@ -74,5 +74,13 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if state.debug:
             raise
-        console.print(f"[red]error:[/red] {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
+        _print_error(f"{exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
         sys.exit(1)
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr (stdout stays clean for `--json`): no wrapping, no markup read from the message."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "red"), " ".join(message.split())))

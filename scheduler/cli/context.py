@@ -45,3 +45,8 @@ state = CliState()
 def print_json(data: Any) -> None:
     """Machine-readable output for `--json` (plain stdout, no Rich markup)."""
     print(json.dumps(data, indent=2, default=str))
+
+
+def progress_console(json_output: bool) -> Console:
+    """Where progress bars go: stderr under `--json`, so stdout carries only the JSON document."""
+    return Console(stderr=True) if json_output else console

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from scheduler.cli.context import console, print_json, state
+from scheduler.cli.context import console, print_json, progress_console, state
 
 
 def register(app: typer.Typer) -> None:
@@ -38,10 +38,12 @@ def register(app: typer.Typer) -> None:
         from scheduler.demo.table import cycle_table
 
         started = time.monotonic()
-        console.print("[bold]continuum demo[/bold] — synthetic feedback: invented facts ('the capital of Zorvania…') "
-                      "that simulated users teach the assistant, one round per cycle.")
+        # With --json, stdout carries only the JSON document: progress and tables go to stderr.
+        out = progress_console(json_output)
+        out.print("[bold]continuum demo[/bold] — synthetic feedback: invented facts ('the capital of Zorvania…') "
+                  "that simulated users teach the assistant, one round per cycle.")
         rows, settings = run_demo(state.settings, DemoOptions(rounds=rounds, facts_per_round=facts, epochs=epochs,
-                                                               naive=naive), console)
+                                                               naive=naive), out)
         table, data = cycle_table(rows, with_naive=naive)
         report_dir = settings.home / "report"
         from common.db.engine import session_scope

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         from common.feedback import import_feedback_file
 
         if not file.is_file():
-            raise PermanentError(f"feedback file {str(file)!r} does not exist: check the path")
+            raise PermanentError(f"feedback file {str(file)!r} does not exist or is not a file: check the path")
         sessions = state.sessions()
         with Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),

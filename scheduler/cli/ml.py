@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from scheduler.cli.context import console, print_json, state
+from scheduler.cli.context import console, print_json, progress_console, state
 
 
 def _finish(result: dict[str, Any], json_output: bool, headline: str) -> None:
@@ -29,7 +29,7 @@ def _common(json_output: bool, wait: bool, device: str, kind: str, params: dict[
 
     settings = state.settings
     state.sessions()
-    return run_job(settings, kind, params, console, device=device, wait=wait)
+    return run_job(settings, kind, params, progress_console(json_output), device=device, wait=wait)
 
 
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from scheduler.cli.context import console, print_json, state
+from scheduler.cli.context import console, print_json, progress_console, state
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"pipeline run [bold]{pipeline_run.id}[/bold] queued")
             return
         with worker_running(settings):
-            status = follow_pipeline(settings, pipeline_run.id, console, timeout)
+            status = follow_pipeline(settings, pipeline_run.id, progress_console(json_output), timeout)
         if json_output:
             print_json(status)
         else:

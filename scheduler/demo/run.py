@@ -77,7 +77,9 @@ def run_demo(base: Settings, options: DemoOptions, console: Console) -> tuple[li
             started = time.monotonic()
             summary = import_feedback_file(sessions, settings, path)
             console.rule(f"round {number}: {summary.inserted} new thumbs-up rows (synthetic facts)")
-            run, _ = start_pipeline(settings, app_for(settings), params={"steps": {"train": train_overrides}})
+            # One round = one cycle, however small: `--facts` may be below the scheduled pipeline's minimum.
+            step_params = {"export": {"min_rows": 1}, "train": train_overrides}
+            run, _ = start_pipeline(settings, app_for(settings), params={"steps": step_params})
             status = follow_pipeline(settings, run.id, console, options.timeout_per_step * 5)
             steps = status["steps"]
             if status["state"] != "succeeded":

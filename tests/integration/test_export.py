@@ -13,13 +13,14 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from common.db import Dataset, Feedback, create_db_engine, session_factory
-from common.errors import PermanentError, ValidationError
+from common.errors import ObjectStoreUnavailable, PermanentError, ValidationError
 from common.feedback import record_feedback_rows
 from common.objectstore import LocalObjectStore, open_store
 from common.settings import load_settings
@@ -395,3 +396,39 @@ def test_cli_export_runs_locally(sqlite_local):
     assert skipped.returncode == 0 and "skipped: 0 < minimum 1" in skipped.stdout
     [dataset] = sqlite_local.datasets()
     assert dataset.job_id == out["job_id"]
+
+
+class _FailingStore(LocalObjectStore):
+    """A real local store whose streamed writes break after the first chunk (a dropped connection)."""
+
+    @contextmanager
+    def open_write(self, key: str):
+        with super().open_write(key) as fh:
+            yield _BreaksAfterFirstWrite(fh)
+
+
+class _BreaksAfterFirstWrite:
+    def __init__(self, fh):
+        self._fh, self._writes = fh, 0
+
+    def write(self, data: bytes) -> int:
+        self._writes += 1
+        if self._writes > 1:
+            raise ObjectStoreUnavailable("connection reset while uploading")
+        return self._fh.write(data)
+
+
+def test_upload_failure_rolls_back_the_claim(sqlite_local, tmp_path):
+    sqlite_local.seed(rows(3_000))
+    store = _FailingStore(tmp_path / "failing")
+    with pytest.raises(ObjectStoreUnavailable, match="connection reset"):
+        export_feedback(sqlite_local.sessions, store, config(fetch_rows=500), "job-net")
+    assert sqlite_local.datasets() == []
+    assert all(f.dataset_id is None for f in sqlite_local.feedback())
+    assert list(store.list("datasets/")) == []  # nothing published, not even the shard
+    progress: list[tuple[int, int]] = []
+    done = export_feedback(
+        sqlite_local.sessions, sqlite_local.store, config(fetch_rows=500), "job-net",
+        progress=lambda n, total: progress.append((n, total)),
+    )
+    assert done.claimed == 3_000 and progress[-1] == (3_000, 3_000) and len(progress) == 6

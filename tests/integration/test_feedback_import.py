@@ -170,7 +170,7 @@ def test_cli_prints_summary_and_exits_nonzero_only_without_valid_rows(db_url, tm
     bad.write_bytes(b"not json\n\xff\n")
     failed = run_cli(db_url, "feedback", "import", str(bad))
     assert failed.returncode == 1
-    assert "no valid feedback row" in failed.stdout
+    assert "no valid feedback row" in failed.stdout + failed.stderr
 
     missing = run_cli(db_url, "feedback", "import", str(tmp_path / "missing.jsonl"))
     assert missing.returncode != 0 and "does not exist" in missing.stdout + missing.stderr

@@ -196,8 +196,7 @@ def _claim_and_publish(
 
     claimed_at = time.perf_counter()
     first_batch_at = None
-    with store.open_write(join(prefix, SHARD_NAME)) as dst:
-        writer = ShardWriter(dst, config)
+    with store.open_write(join(prefix, SHARD_NAME)) as dst, ShardWriter(dst, config, background=True) as writer:
         batches = _claimed_rows(session, dialect, dataset_id, config.fetch_rows)
         # Postgres: overlap the network fetch with formatting; SQLite reads a local file, nothing to overlap.
         with _prefetched(batches) if dialect == "postgresql" else nullcontext(batches) as batches:

@@ -15,6 +15,8 @@ import gzip
 import hashlib
 import io
 import json
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -78,6 +80,40 @@ class _HashingSink(io.RawIOBase):
         return len(data)
 
 
+class _BackgroundCompressor:
+    """gzip + upload on a worker thread: zlib and the socket release the GIL, so both overlap the
+    formatting of the next batch. At most `depth` formatted batches wait; errors surface on the next
+    `write` or in `finish`."""
+
+    def __init__(self, gzip_file: gzip.GzipFile, depth: int = 2):
+        self._gzip = gzip_file
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="export-compress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:  # after a failure keep draining so the producer never blocks
+                try:
+                    self._gzip.write(data)
+                except BaseException as exc:  # re-raised in the producer's thread
+                    self._error = exc
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def finish(self) -> None:
+        """Wait until everything queued is compressed and written; raise the worker's error, if any."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class ShardWriter:
     """Streams rows `(id, prompt, response, messages_json, feedback, content_hash, created_at_iso)`,
     ordered by (content_hash, id), into a gzip JSONL stream, applying the policy as it goes.
@@ -86,10 +122,13 @@ class ShardWriter:
     produced by the database so the hot loop neither parses JSON nor formats datetimes.
     """
 
-    def __init__(self, dst: BinaryIO, config: ExportConfig):
+    def __init__(self, dst: BinaryIO, config: ExportConfig, background: bool = False):
         self._sink = _HashingSink(dst)
         # mtime=0: the same rows give the same bytes, so a retried export reproduces its sha256.
         self._gzip = gzip.GzipFile(fileobj=self._sink, mode="wb", compresslevel=config.compresslevel, mtime=0)
+        self._out: gzip.GzipFile | _BackgroundCompressor = (
+            _BackgroundCompressor(self._gzip) if background else self._gzip
+        )
         self._holdout_percent = config.holdout_percent
         # feedback value → (weight, unlikelihood) as JSON text, or None to skip the row.
         down: tuple[str, str] | None
@@ -155,12 +194,25 @@ class ShardWriter:
         self._previous_hash = previous
         if lines:
             # _quote escapes every non-ASCII character (as json.dumps does); stored messages JSON may not.
-            self._gzip.write("".join(lines).encode("utf-8"))
+            self._out.write("".join(lines).encode("utf-8"))
 
     def close(self) -> tuple[str, int]:
         """Finish the gzip stream; (sha256, size) of the compressed shard."""
+        if isinstance(self._out, _BackgroundCompressor):
+            self._out.finish()
         self._gzip.close()
         return self._sink.sha256.hexdigest(), self._sink.size
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        # On an error, stop the worker thread before the store aborts the upload underneath it.
+        if exc_type is not None and isinstance(self._out, _BackgroundCompressor):
+            try:
+                self._out.finish()
+            except BaseException:  # the original error is the one that matters
+                pass
 
 
 def dataset_manifest(

@@ -6,8 +6,9 @@ A cycle is: `prepare_cycle` (rows mixed with replay + the regulariser list) → 
 `finish_cycle` (this cycle's Fisher, folded online into the previous one, for the next cycle's EWC).
 
 Measured on the two-task facts experiment (tiny model, 50 facts per set, LoRA r=16 on all linear
-layers, 40 epochs per cycle; bench/forgetting.py): forgetting of A / accuracy on B —
-see `DEFAULT` for the figures that chose it.
+layers, 40 epochs per cycle; bench/forgetting.py, forgetting of A / accuracy on B): naive 0.705 / 1.000;
+replay 20% 0.011 / 0.993; EWC on ΔW λ=0.1 0.049 / 0.986; L2 on ΔW λ=0.1 0.082 / 0.997; EWC on LoRA
+params λ=0.1 0.060 / 0.997; KL to parent 0.657 / 0.997; replay 20% + EWC on ΔW λ=0.03 -0.004 / 0.993.
 """
 
 from __future__ import annotations
@@ -69,15 +70,18 @@ class ContinualConfig:
 
 
 NAIVE = ContinualConfig()
+# Each mechanism alone, at the strength that measured best on its own (bench/forgetting.py).
 RECIPES: dict[str, ContinualConfig] = {
     "naive": NAIVE,
     "replay": ContinualConfig(replay_share=0.2),
-    "ewc_lora": ContinualConfig(ewc_strength=1.0, ewc_space="lora"),
-    "ewc_delta_w": ContinualConfig(ewc_strength=1.0, ewc_space="delta_w"),
-    "l2_delta_w": ContinualConfig(ewc_strength=1.0, ewc_space="delta_w", ewc_fisher=False),
+    "ewc_lora": ContinualConfig(ewc_strength=0.1, ewc_space="lora"),
+    "ewc_delta_w": ContinualConfig(ewc_strength=0.1, ewc_space="delta_w"),
+    "l2_delta_w": ContinualConfig(ewc_strength=0.1, ewc_space="delta_w", ewc_fisher=False),
     "kl": ContinualConfig(kl_strength=1.0, kl_teacher="parent"),
 }
-DEFAULT = ContinualConfig(replay_share=0.2)
+# Chosen by bench/forgetting.py (50 facts/set, seed 0): replay 20% alone forgets 0.011 of A at B 0.993;
+# adding EWC on ΔW (λ=0.03) gives -0.004 at B 0.993 (EWC alone needs λ≈0.1-0.3, costing B 0.97-0.99).
+DEFAULT = ContinualConfig(replay_share=0.2, ewc_strength=0.03, ewc_space="delta_w")
 RECIPES["default"] = DEFAULT
 
 
@@ -166,3 +170,20 @@ def finish_cycle(
         gamma=config.ewc_gamma,
         base_model_id=base_model_id,
     )
+
+
+def first_cycle_fisher(model: Any, tokenizer: Any, anchor_rows: Sequence[Row], config: ContinualConfig,
+                       max_length: int = 256) -> dict[str, Any] | None:
+    """The first cycle's deliberate anchor: the base weights' Fisher on rows the base should keep.
+
+    On a fresh adapter (lora_B = 0) the LoRA-space Fisher of every lora_A is exactly 0, so LoRA-space
+    EWC would anchor almost nothing. The ΔW-space Fisher is the Fisher of the wrapped base weights,
+    non-zero at ΔW = 0, so passing this to `prepare_cycle(fisher=...)` makes EWC hold ΔW near 0 where
+    the anchor rows (e.g. the base model's own answers to the anchor prompts) depend on it.
+    Returns None unless the recipe uses Fisher-weighted EWC in ΔW space.
+    """
+    if not (config.needs_fisher and config.ewc_space == "delta_w") or not anchor_rows:
+        return None
+    sample = bounded_sample(list(anchor_rows), config.fisher_samples, config.seed)
+    batches = batches_for_rows(sample, tokenizer, batch_size=8, max_length=max_length)
+    return compute_fisher(model, batches, mode=config.fisher_mode, space="delta_w")

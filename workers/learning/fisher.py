@@ -147,7 +147,6 @@ def _accumulate_activations(
     loss_fn: SummedLoss,
     space: FisherSpace,
     device: torch.device,
-    limit: int | None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     params = trainable_parameters(model)
     if space == "lora":
@@ -163,7 +162,7 @@ def _accumulate_activations(
     sums: dict[str, torch.Tensor] = {}
     count = 0
     with _ActivationCapture(layers) as capture:
-        for batch in _limited(batches, limit):
+        for batch in batches:
             batch = _to_device(batch, device)
             bsz = batch["input_ids"].shape[0]
             capture.clear()
@@ -203,7 +202,6 @@ def _accumulate_vmap(
     batches: Iterable[Mapping[str, torch.Tensor]],
     loss_fn: SummedLoss,
     device: torch.device,
-    limit: int | None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     from torch.func import functional_call, grad, vmap
 
@@ -225,7 +223,7 @@ def _accumulate_vmap(
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.MATH):
-        for batch in _limited(batches, limit):
+        for batch in batches:
             count += _vmap_batch(per_sample_grad, params, batch, device, sums)
     return sums, count
 
@@ -247,7 +245,6 @@ def _accumulate_loop(
     loss_fn: SummedLoss,
     space: FisherSpace,
     device: torch.device,
-    limit: int | None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     if space == "delta_w":
         # One sample per batch through the exact activation formula: with B=1 it is the plain gradient.
@@ -255,12 +252,12 @@ def _accumulate_loop(
             for batch in batches:
                 yield from _split_samples(batch)
 
-        return _accumulate_activations(model, singles(), loss_fn, space, device, limit)
+        return _accumulate_activations(model, singles(), loss_fn, space, device)
     params = trainable_parameters(model)
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     names, tensors = list(params), list(params.values())
     count = 0
-    for batch in _limited(batches, limit):
+    for batch in batches:
         for sample in _split_samples(_to_device(batch, device)):
             outputs = model(**_model_inputs(sample))
             loss = loss_fn(outputs.logits, sample)
@@ -350,34 +347,39 @@ def compute_fisher(
     if mode not in ("fast", "activations", "vmap", "loop"):
         raise ValidationError(f"unknown Fisher mode {mode!r}; choose fast, activations, vmap or loop")
     device = next(model.parameters()).device
-    materialised = batches if isinstance(batches, list) else list(batches)  # a fallback must re-read them
+    # Cut to `max_samples` first, then hold them: a fallback must be able to re-read the same samples.
+    materialised = list(_limited(batches, max_samples))
     with _eval_mode(model), torch.enable_grad():
-        sums, count, used = _run_with_fallback(model, materialised, mode, space, loss_fn, device, max_samples)
+        sums, count, used = _run_with_fallback(model, materialised, mode, space, loss_fn, device)
     if count == 0:
         raise ValidationError("Fisher needs at least one sample; the batches were empty")
     log.info("fisher: %d samples, mode=%s, space=%s", count, used, space)
     return {name: (total / count).cpu() for name, total in sums.items()}
 
 
-def _run_with_fallback(model, batches, mode, space, loss_fn, device, limit):
+def _run_with_fallback(
+    model: nn.Module, batches: list[dict[str, torch.Tensor]], mode: FisherMode, space: FisherSpace,
+    loss_fn: SummedLoss, device: torch.device,
+) -> tuple[dict[str, torch.Tensor], int, str]:
+    """(sums, sample count, the path that ran): the chosen fast path, or the loop when it fails."""
     chosen = mode
     if mode == "fast":
         chosen = "activations" if space == "delta_w" or _linear_owners(model, trainable_parameters(model)) else "vmap"
     if chosen == "loop":
-        return (*_accumulate_loop(model, batches, loss_fn, space, device, limit), "loop")
+        return (*_accumulate_loop(model, batches, loss_fn, space, device), "loop")
     try:
         if chosen == "activations":
-            return (*_accumulate_activations(model, batches, loss_fn, space, device, limit), "activations")
+            return (*_accumulate_activations(model, batches, loss_fn, space, device), "activations")
         if space == "delta_w":
             raise ValidationError("Fisher space 'delta_w' is computed from activations; use mode fast or loop")
-        return (*_accumulate_vmap(model, batches, loss_fn, device, limit), "vmap")
+        return (*_accumulate_vmap(model, batches, loss_fn, device), "vmap")
     except ValidationError:
         raise
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the loop that traces nothing
         if mode != "fast":
             raise
         log.warning("fisher fast path %s failed (%s: %s); using the per-sample loop", chosen, type(exc).__name__, exc)
-        return (*_accumulate_loop(model, batches, loss_fn, space, device, limit), "loop")
+        return (*_accumulate_loop(model, batches, loss_fn, space, device), "loop")
 
 
 def combine_online(old: Mapping[str, torch.Tensor] | None, new: Mapping[str, torch.Tensor], gamma: float) -> dict[str, torch.Tensor]:

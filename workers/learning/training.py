@@ -134,6 +134,7 @@ class TrainResult:
     loss_curve: list[float]
     tokens_seen: int  # useful (non-padding) tokens processed
     useful_tokens_per_s: float  # excludes the first step (lazy initialisation, allocator warm-up)
+    useful_tokens_per_cpu_s: float  # same, per second of this process's CPU time (robust on shared hosts)
     wall_s: float
     regularizer_means: dict[str, float] = field(default_factory=dict)
     penalty_ratio: dict[str, float] = field(default_factory=dict)  # mean penalty / mean task loss
@@ -261,8 +262,8 @@ def fit(
     was_training = model.training
     model.train()
     progress_bar = _progress_bar(config.show_progress, total_steps, global_step)
-    start = time.perf_counter()
-    mark_time, mark_tokens, window_time, window_tokens = None, 0, start, tokens_seen
+    start, start_cpu = time.perf_counter(), time.process_time()
+    mark_time, mark_cpu, mark_tokens, window_time, window_tokens = None, 0.0, 0, start, tokens_seen
     try:
         while global_step < total_steps and (config.max_steps is not None or epoch < config.epochs):
             samples = first_samples if epoch == 0 else data.samples(epoch)
@@ -306,7 +307,7 @@ def fit(
                 loss_curve.append(step_loss / len(micro_batches))
                 global_step += 1
                 if mark_time is None:  # throughput excludes step 1 (lazy init, allocator warm-up)
-                    mark_time, mark_tokens = time.perf_counter(), tokens_seen
+                    mark_time, mark_cpu, mark_tokens = time.perf_counter(), time.process_time(), tokens_seen
                 if progress_bar is not None:
                     progress_bar.update(1)
                 if global_step % config.log_every == 0 or global_step == total_steps:
@@ -333,11 +334,13 @@ def fit(
             progress_bar.close()
         model.train(was_training)
 
-    end = time.perf_counter()
+    end, end_cpu = time.perf_counter(), time.process_time()
     if mark_time is not None and global_step > 1 and end > mark_time:
         rate = (tokens_seen - mark_tokens) / (end - mark_time)
+        cpu_rate = (tokens_seen - mark_tokens) / max(end_cpu - mark_cpu, 1e-9)
     else:
         rate = tokens_seen / max(end - start, 1e-9)
+        cpu_rate = tokens_seen / max(end_cpu - start_cpu, 1e-9)
     curve = [float(x) for x in loss_curve]
     task_mean = float(task_sum) / max(micro_count, 1)
     reg_means = {k: float(v) / max(micro_count, 1) for k, v in reg_sums.items()}
@@ -348,6 +351,7 @@ def fit(
         loss_curve=curve,
         tokens_seen=tokens_seen,
         useful_tokens_per_s=rate,
+        useful_tokens_per_cpu_s=cpu_rate,
         wall_s=end - start,
         regularizer_means=reg_means,
         penalty_ratio={k: v / task_mean if task_mean else math.nan for k, v in reg_means.items()},

@@ -1,0 +1,124 @@
+"""CLI errors a new user meets: one clear line naming the fix, a non-zero exit, no traceback unless --debug.
+
+Every case runs the real `python -m scheduler` in a subprocess against real failures (a closed loopback
+port, a missing directory, an empty database), nothing simulated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.distributed.harness import REPO
+from tests.support.servers import free_port
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scheduler", *args], cwd=REPO, env=dict(os.environ, **(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_error_line(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """The command failed with exactly one line (on stderr) that contains every needle; stdout is clean."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n" + "\n".join(lines)
+    assert result.stderr.strip() == lines[0] and lines[0].startswith("error: ")
+    assert "Traceback" not in lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _distributed_env(db_port: int, broker_port: int, tmp_path: Path) -> dict[str, str]:
+    return {
+        "CONTINUUM_MODE": "distributed",
+        "CONTINUUM_DATABASE_URL": f"postgresql+psycopg://continuum:Not-A-Default-pw9@127.0.0.1:{db_port}/continuum",
+        "CONTINUUM_BROKER_URL": f"redis://:Not-A-Default-pw9@127.0.0.1:{broker_port}/0",
+        "CONTINUUM_STORAGE_URL": (tmp_path / "objects").as_uri(),
+    }
+
+
+@pytest.mark.parametrize("command", [["jobs", "list"], ["adapters", "list", "--json"], ["pipeline", "list"]])
+def test_unreachable_database(command, tmp_path):
+    env = _distributed_env(free_port(), free_port(), tmp_path)
+    line = _one_error_line(_cli(*command, env=env), "database unreachable", "CONTINUUM_DATABASE_URL")
+    assert "Not-A-Default-pw9" not in line  # the password never reaches the terminal
+
+
+def test_unreachable_database_on_migrate_hides_the_password(tmp_path):
+    env = _distributed_env(free_port(), free_port(), tmp_path)
+    line = _one_error_line(_cli("db", "upgrade", env=env), "CONTINUUM_DATABASE_URL", "Connection refused")
+    assert "Not-A-Default-pw9" not in line
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    env = _distributed_env(free_port(), free_port(), tmp_path)
+    result = _cli("--debug", "jobs", "list", env=env)
+    assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
+    assert "DatabaseUnavailable" in result.stderr
+
+
+def test_unreachable_broker(tmp_path):
+    # Embedded database (reachable), a Redis broker on a closed port: sending the job must fail fast and clearly.
+    env = {"CONTINUUM_BROKER_URL": f"redis://:pw@127.0.0.1:{free_port()}/0"}
+    result = _cli("pipeline", "run", env=env, timeout=60)
+    line = _one_error_line(result, "broker unreachable", "CONTINUUM_BROKER_URL", "stays queued")
+    job_id = line.split("job ")[-1].split()[0]
+    # The job row was committed before the send: it is queued, for the reaper to send again.
+    shown = _cli("jobs", "show", job_id, "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["state"] == "queued"
+
+
+def test_missing_model_path_on_init(tmp_path):
+    env = {"CONTINUUM_BASE_MODEL": str(tmp_path / "no-such-model")}
+    _one_error_line(_cli("init", env=env), "CONTINUUM_BASE_MODEL", "no config.json", "unset it")
+
+
+@pytest.mark.slow
+def test_missing_model_path_fails_the_train_job_with_the_fix(tmp_path):
+    """Through the real embedded worker: the job fails (not retried forever) and the CLI says why in one line."""
+    env = {"CONTINUUM_BASE_MODEL": "/nonexistent/base-model"}
+    feedback = tmp_path / "fb.jsonl"
+    feedback.write_text("".join(json.dumps({"prompt": f"q{i}?", "response": f"a{i}", "feedback": "thumbs_up"}) + "\n"
+                                for i in range(4)))
+    assert _cli("feedback", "import", str(feedback), env=env).returncode == 0
+    exported = _cli("export", "--json", env=env)
+    assert exported.returncode == 0, exported.stderr
+    dataset_id = json.loads(exported.stdout)["dataset_id"]
+    result = _cli("train", "--dataset", str(dataset_id), "--json", env=env, timeout=240)
+    line = _one_error_line(result, "train job", "failed", "CONTINUUM_BASE_MODEL='/nonexistent/base-model'",
+                           "no config.json")
+    job_id = line.split("train job ")[1].split()[0]
+    job = json.loads(_cli("jobs", "show", job_id, "--json").stdout)
+    assert job["state"] == "failed" and job["attempts"] == 1  # a permanent error: not retried
+
+
+def test_unknown_adapter(tmp_path):
+    _one_error_line(_cli("adapters", "show", "999"), "adapter 999 does not exist", "continuum adapters list")
+    _one_error_line(_cli("adapters", "show", "999", "--json"), "adapter 999 does not exist")
+
+
+def test_missing_or_malformed_feedback_file(tmp_path):
+    _one_error_line(_cli("feedback", "import", str(tmp_path / "missing.jsonl")), "does not exist", "check the path")
+    _one_error_line(_cli("feedback", "import", str(tmp_path)), "is not a file")
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(b"{not json\n\xff\xfe\n")
+    result = _cli("feedback", "import", str(garbage), "--json")
+    # The summary (JSON) still goes to stdout for scripts; the one error line goes to stderr.
+    assert result.returncode == 1 and json.loads(result.stdout)["quarantined"] == 2
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"error: no valid feedback row in {str(garbage)!r} (2 quarantined): fix the rows and import again"
+    ]
+
+
+def test_usage_errors_name_the_option():
+    result = _cli("adapters", "show", "not-a-number")
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert "Invalid value for 'adapter_id'" in result.stderr and "--help" in result.stderr
