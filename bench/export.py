@@ -218,7 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="Comma-separated row counts (default 100k,1M).")
     parser.add_argument("--compresslevel", type=int, default=1, help="gzip level for both exports (default 1).")
-    parser.add_argument("--fetch-rows", type=int, default=20_000, help="Server-side cursor fetch size (ours).")
+    parser.add_argument("--fetch-rows", type=int, default=5_000, help="Server-side cursor fetch size (ours).")
     parser.add_argument("--part-mib", type=int, default=8, help="S3 multipart part size in MiB.")
     parser.add_argument("--skip-naive", action="store_true", help="Only run our export.")
     parser.add_argument("--stock-postgres", action="store_true", help="Keep the test cluster's default settings.")
@@ -273,13 +273,16 @@ def main() -> None:
         postgres.stop()
 
     table = Table(title=f"export: Postgres → S3 (moto), gzip level {args.compresslevel}, parts {args.part_mib} MiB")
-    for column in ("rows", "ours rows/s", "ours peak RSS MiB", "naive rows/s", "naive peak RSS MiB", "speed ×", "RSS ÷"):
+    columns = ("rows", "ours rows/s", "ours claim s", "ours peak RSS MiB", "naive rows/s", "naive peak RSS MiB",
+               "speed ×", "RSS ÷")
+    for column in columns:
         table.add_column(column, justify="right")
     for r in results:
         ours, naive = r["ours"], r["naive"]
         ours_rate = ours["claimed"] / ours["seconds"]
         r["ours_rows_per_s"] = ours_rate
-        row = [f"{r['size']:,}", f"{ours_rate:,.0f}", f"{ours['peak_rss_mib']:.0f}"]
+        # The claim (UPDATE … SET dataset_id on every row) is database time both exports pay.
+        row = [f"{r['size']:,}", f"{ours_rate:,.0f}", f"{ours['phases']['claim']:.1f}", f"{ours['peak_rss_mib']:.0f}"]
         if naive:
             naive_rate = naive["claimed"] / naive["seconds"]
             r["naive_rows_per_s"] = naive_rate

@@ -1,18 +1,22 @@
 """Cost of each "keep the old" mechanism per training step, relative to plain LoRA.
 
-    python bench/regularizers.py                  # tiny model, LoRA r=16 all linear, batch 8, ~128 tokens
-    python bench/regularizers.py --steps 40 --repeats 2
+    python bench/regularizers.py                  # tiny model, LoRA r=16 all linear, batch 8 x ~128 tokens
+    python bench/regularizers.py --iters 30 --threads 1
 
-Each variant runs `training.fit` for the same number of optimiser steps on the same rows; the time per
-step is the best of `--repeats` runs. Replay's cost is its per-epoch reservoir draw + encoding of the
-extra rows (it makes epochs longer, not steps slower), so it is reported per step over whole epochs.
+Each iteration times one full training step (forward, task loss + penalty, backward, clip, AdamW step —
+what `training.fit` does per step) for every variant in turn, on the same batch; the table reports
+medians. Interleaving matters on a shared machine: load changes hit every variant alike.
+Replay does not make a step slower but makes epochs longer and re-draws + re-encodes each epoch; its row
+is plain-step time plus that per-epoch work spread over the epoch's steps.
 Target (issue 3): EWC <= 5% over plain LoRA.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,23 +26,24 @@ import torch  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from workers.learning.batching import collate
     from workers.learning.ewc import EWC
     from workers.learning.fisher import batches_for_rows, compute_fisher
+    from workers.learning.formatting import encode_rows
     from workers.learning.kl import KLDistillation
     from workers.learning.lora import LoraSettings, attach_adapter
+    from workers.learning.losses import response_loss
     from workers.learning.replay import ReplayMixer, in_memory_history
     from workers.learning.synthetic import make_feedback_like
     from workers.learning.tiny import build_tiny_model, build_tokenizer
-    from workers.learning.training import TrainConfig, fit
 
     tokenizer = build_tokenizer(0)
     torch.manual_seed(0)
@@ -52,36 +57,78 @@ def main() -> None:
     old_batches = batches_for_rows(old[:32], tokenizer, batch_size=8)
     fisher_lora = compute_fisher(model, old_batches, space="lora")
     fisher_dw = compute_fisher(model, old_batches, space="delta_w")
-    start_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    config = TrainConfig(learning_rate=1e-4, max_steps=args.steps, batch_size=8, seed=0, log_every=10_000)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    batch = collate(encode_rows(rows[:8], tokenizer, 4 * args.tokens), tokenizer.pad_token_id)
 
     variants = {
-        "plain LoRA": lambda: ([], rows),
-        "EWC (ΔW space, Fisher)": lambda: ([EWC.from_model(model, fisher_dw, 1.0, space="delta_w")], rows),
-        "EWC (LoRA space)": lambda: ([EWC.from_model(model, fisher_lora, 1.0, space="lora")], rows),
-        "L2 on ΔW": lambda: ([EWC.from_model(model, None, 1.0, space="delta_w")], rows),
-        "KL to base": lambda: ([KLDistillation(1.0)], rows),
-        "replay 20%": lambda: ([], ReplayMixer(rows, in_memory_history(old), 0.2, seed=0)),
+        "plain LoRA": [],
+        "EWC (LoRA space, DEFAULT)": [EWC.from_model(model, fisher_lora, 1.0, space="lora")],
+        "EWC (ΔW space, Fisher)": [EWC.from_model(model, fisher_dw, 1.0, space="delta_w")],
+        "L2 on ΔW": [EWC.from_model(model, None, 1.0, space="delta_w")],
+        "KL to base": [KLDistillation(1.0)],
     }
-    per_step = {}
-    for label, build in variants.items():
-        best = float("inf")
-        for _ in range(args.repeats):
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in start_state:
-                        p.copy_(start_state[n])
-            regularizers, data = build()
-            result = fit(model, tokenizer, data, config, regularizers=regularizers)
-            best = min(best, result.wall_s / result.steps)
-        per_step[label] = best
-        print(f"  {label}: {best * 1000:.1f} ms/step", flush=True)
-    base = per_step["plain LoRA"]
-    print(f"\ntiny model, LoRA r=16 all linear, batch 8 x {args.tokens} tokens, {args.steps} steps, "
-          f"threads {torch.get_num_threads()}, best of {args.repeats}")
-    print(f"{'variant':26s} {'ms/step':>9s} {'vs plain':>9s} {'overhead':>9s}")
-    for label, seconds in per_step.items():
-        print(f"{label:26s} {seconds * 1000:9.1f} {seconds / base:9.3f} {100 * (seconds / base - 1):8.1f}%")
+    model.train()
+
+    def step(regularizers) -> float:
+        start = time.perf_counter()
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        loss = response_loss(outputs.logits, batch["labels"], batch["sample_weight"]).loss
+        for reg in regularizers:
+            loss = loss + reg.loss(model, batch, outputs)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    for regs in variants.values():  # warm-up
+        step(regs)
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    for i in range(args.iters):
+        order = list(variants.items())
+        if i % 2:
+            order.reverse()  # alternate the order so no variant always runs right after another
+        for label, regs in order:
+            times[label].append(step(regs))
+    median = {label: statistics.median(v) for label, v in times.items()}
+
+    # The penalty alone (forward + backward), interleaved with plain steps: a precise figure when the
+    # whole-step difference is inside the machine's noise.
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    alone: dict[str, list[float]] = {label: [] for label, regs in variants.items() if regs}
+    for _ in range(args.iters):
+        for label in alone:
+            reg = variants[label][0]
+            start = time.perf_counter()
+            if isinstance(reg, KLDistillation):
+                fresh = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                reg.loss(model, batch, fresh).backward()
+                model.zero_grad(set_to_none=True)
+                alone[label].append(time.perf_counter() - start - median["plain LoRA"] / 3)  # minus ~a forward
+                continue
+            reg.loss(model, batch, outputs).backward()
+            alone[label].append(time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+    penalty_ms = {label: statistics.median(v) for label, v in alone.items()}
+
+    # Replay: per-epoch draw + encoding of (new + replayed) rows, spread over that epoch's steps.
+    mixer = ReplayMixer(rows, in_memory_history(old), 0.2, seed=0)
+    epoch_work = []
+    for epoch in range(5):
+        start = time.perf_counter()
+        encode_rows(mixer(epoch), tokenizer, 4 * args.tokens)
+        epoch_work.append(time.perf_counter() - start)
+    steps_per_epoch = -(-len(mixer(0)) // 8)
+    median["replay 20% (re-draw + encode per epoch)"] = median["plain LoRA"] + statistics.median(epoch_work) / steps_per_epoch
+
+    base = median["plain LoRA"]
+    print(f"\ntiny model, LoRA r=16 all linear, batch 8 x {args.tokens} tokens, threads {torch.get_num_threads()}, "
+          f"median of {args.iters} interleaved steps")
+    print(f"{'variant':42s} {'ms/step':>9s} {'vs plain':>9s} {'overhead':>9s} {'penalty alone':>14s}")
+    for label, seconds in median.items():
+        extra = f"{1000 * penalty_ms[label]:8.1f} ms = {100 * penalty_ms[label] / base:.1f}%" if label in penalty_ms else "-"
+        print(f"{label:42s} {seconds * 1000:9.1f} {seconds / base:9.3f} {100 * (seconds / base - 1):8.1f}% {extra:>14s}")
 
 
 if __name__ == "__main__":

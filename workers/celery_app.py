@@ -122,6 +122,9 @@ def _register_job_task(app: Celery, kind: JobKind, settings: Settings) -> None:
     app.task(
         name=kind.task_name,
         bind=True,
+        # Not shared: a shared task is added to every app built later in this process (tests and
+        # producers build several), where a second app's closure collides with it by name.
+        shared=False,
         # Per-kind limits. Process jobs enforce them in the supervisor (works in every pool, and the
         # soft one asks for a checkpoint); these Celery limits are the backstop for prefork pools.
         soft_time_limit=soft_time_limit(settings, kind.name) + 30,
@@ -134,14 +137,14 @@ def _register_job_task(app: Celery, kind: JobKind, settings: Settings) -> None:
 
 
 def _register_service_tasks(app: Celery) -> None:
-    @app.task(name="continuum.reap", bind=True, soft_time_limit=120, time_limit=180)
+    @app.task(name="continuum.reap", bind=True, shared=False, soft_time_limit=120, time_limit=180)
     def reap(self) -> dict[str, Any]:
         """Requeue jobs whose lease expired (fail those out of attempts); re-send stale queued jobs."""
         from workers.reaper import reap_and_resend
 
         return reap_and_resend(self.app.continuum_settings, self.app)
 
-    @app.task(name="continuum.pipeline_tick", bind=True, soft_time_limit=120, time_limit=180)
+    @app.task(name="continuum.pipeline_tick", bind=True, shared=False, soft_time_limit=120, time_limit=180)
     def pipeline_tick(self, schedule: str, tick: str) -> dict[str, Any]:
         """Start the pipeline run of (schedule, tick) unless one exists (idempotent)."""
         from datetime import datetime

@@ -56,7 +56,10 @@ def main() -> None:
     from common.errors import ContinuumError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click *returns* a command's `typer.Exit(code)` instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from common.db import Dataset, Feedback, create_db_engine, session_factory
 from common.errors import ObjectStoreUnavailable, PermanentError, ValidationError

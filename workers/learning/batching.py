@@ -49,7 +49,8 @@ def bucket_batches(
         batch_max = 0
         for idx in chunk.tolist():
             longest = max(batch_max, int(lengths_arr[idx]))
-            full = len(batch) >= batch_size or (max_tokens is not None and batch and longest * (len(batch) + 1) > max_tokens)
+            over_budget = max_tokens is not None and bool(batch) and longest * (len(batch) + 1) > max_tokens
+            full = len(batch) >= batch_size or over_budget
             if full:
                 batches.append(batch)
                 batch, longest = [], int(lengths_arr[idx])

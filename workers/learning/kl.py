@@ -65,12 +65,12 @@ class KLDistillation:
         self.strength = float(strength)
         self.teacher = teacher
         self.temperature = float(temperature)
-        self.last_kl: float = 0.0
+        self.last_kl: torch.Tensor | float = 0.0
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
         target = teacher_logits(model, batch, self.teacher)
         kl = response_token_kl(target, outputs.logits, batch["labels"], self.temperature)
-        self.last_kl = float(kl.detach())
+        self.last_kl = kl.detach()  # a tensor: no device sync per step
         return self.strength * kl
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -67,7 +67,9 @@ def attach_adapter(model: Any, settings: LoraSettings | None = None, parent_dir:
     if parent_dir is not None:
         parent_dir = Path(parent_dir)
         if not (parent_dir / "adapter_config.json").exists():
-            raise PermanentError(f"no PEFT adapter in {parent_dir} (adapter_config.json missing): publish or download it first")
+            raise PermanentError(
+                f"no PEFT adapter in {parent_dir} (adapter_config.json missing): publish or download it first"
+            )
         return PeftModel.from_pretrained(model, str(parent_dir), is_trainable=True)
     settings = settings or LoraSettings()
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}

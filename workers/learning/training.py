@@ -193,7 +193,8 @@ def fit(
     """Train `model`'s trainable parameters on `rows`; resumes from `checkpoint_prefix` when a checkpoint exists.
 
     `rows` is a list of exported rows or a function epoch → rows (for an exact resume it must be a
-    pure function of the epoch: draw from its own seeded RNG, not the global one). Raises `TrainingStopped` after checkpointing when `callbacks.should_stop()`.
+    pure function of the epoch: draw from its own seeded RNG, not the global one). Raises
+    `TrainingStopped` after checkpointing when `callbacks.should_stop()`.
     Seeds torch/random/numpy from `config.seed` on a fresh start.
     """
     if (checkpoint_store is None) != (checkpoint_prefix is None):

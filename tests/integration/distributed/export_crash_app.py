@@ -2,7 +2,7 @@
 
 `CONTINUUM_TEST_EXPORT_CRASH_AT` names the point; on reaching it the worker writes the file named by
 `CONTINUUM_TEST_EXPORT_CRASH_MARKER` and blocks forever (the test then SIGKILLs it). The hooks watch
-the real statements and store calls of the production code path; nothing in it is replaced:
+the real statements, store calls and ledger calls of the production code path, and only pause there:
 
 - `before_claim`: the `UPDATE feedback SET dataset_id …` claim is about to run (placeholder dataset
   row inserted, transaction open);
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, event
 
+from common.ledger import JobLedger
 from common.objectstore.s3 import S3ObjectStore
 from common.settings import load_settings
 from workers.celery_app import make_celery
@@ -45,11 +46,17 @@ def _watch_statements(conn, cursor, statement, parameters, context, executemany)
         _freeze("before_claim")
     elif text.startswith("UPDATE DATASETS SET NUM_ROWS"):
         _freeze("after_manifest")
-    elif text.startswith("UPDATE JOBS SET STATE") and "RESULT=" in text.replace(" ", ""):
-        # The ledger's finish statement: by now the export's own transaction has committed.
-        if isinstance(parameters, dict) and parameters.get("new_state") in ("succeeded", "skipped"):
-            _freeze("after_commit")
 
+
+_succeed = JobLedger.succeed
+
+
+def _succeed_watched(self, *args, **kwargs):
+    _freeze("after_commit")  # the export's own transaction has committed; the ledger is not told yet
+    return _succeed(self, *args, **kwargs)
+
+
+JobLedger.succeed = _succeed_watched
 
 _put_bytes = S3ObjectStore.put_bytes
 

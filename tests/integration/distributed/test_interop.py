@@ -2,16 +2,21 @@
 
 The client runs in its own interpreter whose code imports nothing but `celery`, so it stands in for a
 producer written in another language: it sends `continuum.export` with the JSON payload the README
-documents ("Sending jobs from other languages") to a real worker on Redis, Postgres and S3.
-(Flower's side is tests/integration/distributed/test_flower.py; stock PEFT loading is
-tests/unit/learning/test_adapter_publish.py.)
+documents ("Sending jobs from other languages") to a real worker on Redis, Postgres and S3; Flower's
+HTTP API then lists that task. (Flower's auth is tests/integration/distributed/test_flower.py; stock PEFT
+loading of a published adapter is tests/unit/learning/test_adapter_publish.py.)
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -20,6 +25,7 @@ from sqlalchemy import func, select
 from common.db.engine import session_scope
 from common.db.models import Dataset, Feedback, Job
 from tests.integration.distributed.harness import REPO, wait_for
+from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -131,3 +137,48 @@ def test_readme_documents_the_payload():
     section = text.split("## Sending jobs from other languages", 1)[1].split("\n## ", 1)[0]
     for needle in ('"job_id"', '"params"', '"idempotency_key"', "continuum.export", "continuum.train", "`io`", "`cpu`"):
         assert needle in section, needle
+
+
+def _flower_json(port: int, path: str, auth: str):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def test_flower_api_lists_our_tasks(dist_settings, resources, start_worker, monkeypatch, tmp_path):
+    auth = "ops:flower-interop-password"
+    monkeypatch.setenv("CONTINUUM_FLOWER_BASIC_AUTH", auth)
+    port = free_port()
+    log = open(tmp_path / "flower.log", "wb")
+    flower = subprocess.Popen([sys.executable, "-m", "scheduler", "flower", "--port", str(port), "--address", "127.0.0.1"],
+                              cwd=REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _flower_json(port, "/api/workers", auth) is not None, 60, "flower's API")
+        start_worker("interop", queues="io")
+        _feedback(dist_settings, resources, 3)
+        job_id = str(uuid.uuid4())
+        _send_plain(dist_settings.resolved_broker_url,
+                    {"task": "continuum.export", "queue": "io", "kwargs": {"job_id": job_id, "params": {}}})
+        assert _finished(resources, job_id).state == "succeeded"
+
+        def seen() -> dict | None:
+            tasks = _flower_json(port, "/api/tasks", auth) or {}
+            return next((t for t in tasks.values() if t.get("name") == "continuum.export" and t.get("state") == "SUCCESS"
+                         and job_id in str(t.get("kwargs"))), None)
+
+        task = wait_for(seen, 60, "flower to list the export task")
+        assert task["worker"] == "interop@test"
+        assert "continuum.export" in _flower_json(port, "/api/task/types", auth)["task-types"]
+        # The worker's registered tasks (Flower asks it over the broker): every job kind, by its explicit name.
+        workers = wait_for(lambda: (_flower_json(port, "/api/workers?refresh=1", auth) or {}).get("interop@test"), 60,
+                           "flower to inspect the worker")
+        assert {"continuum.export", "continuum.fisher", "continuum.train", "continuum.evaluate",
+                "continuum.promote"} <= set(workers["registered"])
+    finally:
+        flower.send_signal(signal.SIGTERM)
+        flower.wait(20)
+        log.close()

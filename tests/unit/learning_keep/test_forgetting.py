@@ -6,12 +6,15 @@ of A <= 0.05 while its accuracy on B stays >= 0.95 of the naive recipe's.
 
 from __future__ import annotations
 
+import pytest
+
 from workers.learning.continual import DEFAULT, NAIVE
 from workers.learning.two_task import ExperimentSettings, run_two_task
 
 SETTINGS = ExperimentSettings(facts_per_set=40, epochs=40, learning_rate=2e-3, seed=0)
 
 
+@pytest.mark.slow  # ~1-2.5 min on 2 shared cores: three training runs of 40 epochs
 def test_default_recipe_keeps_a_while_learning_b():
     naive, default = run_two_task({"naive": NAIVE, "default": DEFAULT}, SETTINGS)
     assert naive.a_before >= 0.9  # A was learnt before B came
