@@ -58,7 +58,12 @@ def _insert_ignoring_known_ids(session: Session):
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:
         raise PermanentError(f"feedback import supports PostgreSQL and SQLite, not {dialect}")
-    return dialect_insert(table).on_conflict_do_nothing(index_elements=["external_id"]).returning(table.c.id)
+    # The target names the partial unique index ux_feedback_external_id (rows without an id stay out of it).
+    return (
+        dialect_insert(table)
+        .on_conflict_do_nothing(index_elements=["external_id"], index_where=table.c.external_id.is_not(None))
+        .returning(table.c.id)
+    )
 
 
 class _BatchWriter:

@@ -18,12 +18,9 @@ Why it is safe to run anywhere, any number of times at once:
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,6 +35,7 @@ from common.objectstore.artifacts import MANIFEST
 from common.objectstore.base import ObjectStore
 from common.objectstore.keys import join
 from workers.export.config import ExportConfig
+from workers.export.postgres import claim, shard_lines_sql, stream_shard
 from workers.export.shard import (
     SCHEMA_VERSION,
     SHARD_NAME,
@@ -182,14 +180,11 @@ def _claim_and_publish(
         .returning(Dataset.id)
     ).scalar_one()
 
-    feedback = Feedback.__table__
-    pick = select(feedback.c.id).where(feedback.c.dataset_id.is_(None)).order_by(feedback.c.id).limit(config.max_rows)
-    if dialect == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
     started = time.perf_counter()
-    claimed = session.execute(
-        update(feedback).where(feedback.c.id.in_(pick.scalar_subquery())).values(dataset_id=dataset_id)
-    ).rowcount
+    if dialect == "postgresql":
+        claimed, low_id, high_id = claim(connection, config, dataset_id)
+    else:
+        claimed = _claim_sqlite(session, config, dataset_id)
     if claimed < config.min_rows:
         session.rollback()  # unclaims the rows and drops the placeholder dataset row
         return ExportResult(status="skipped", reason=f"skipped: {claimed} < minimum {config.min_rows}", claimed=0)
@@ -197,12 +192,20 @@ def _claim_and_publish(
     claimed_at = time.perf_counter()
     first_batch_at = None
     with store.open_write(join(prefix, SHARD_NAME)) as dst, ShardWriter(dst, config, background=True) as writer:
-        fetched = _claimed_rows(session, dialect, dataset_id, config.fetch_rows)
-        # Postgres: overlap the network fetch with formatting; SQLite reads a local file, nothing to overlap.
-        with _prefetched(fetched) if dialect == "postgresql" else nullcontext(fetched) as batches:
-            for batch in batches:
+        if dialect == "postgresql":
+            # The server renders the lines; the client counts, compresses and uploads them.
+            writer.counts.min_feedback_id, writer.counts.max_feedback_id = low_id, high_id
+            sql = shard_lines_sql(config, dataset_id, low_id, high_id)
+            for chunk in stream_shard(connection.connection.driver_connection, sql, writer.counts):
                 if first_batch_at is None:
                     first_batch_at = time.perf_counter()  # the database's sort is done by now
+                writer.write_lines(chunk)
+                if progress is not None:
+                    progress(writer.counts.claimed, claimed)
+        else:
+            for batch in _fetch_claimed(connection.connection.driver_connection, dataset_id, config.fetch_rows):
+                if first_batch_at is None:
+                    first_batch_at = time.perf_counter()
                 writer.write_rows(batch)
                 if progress is not None:
                     progress(writer.counts.claimed, claimed)
@@ -249,93 +252,33 @@ def _claim_and_publish(
     )
 
 
-# The stored timestamp as ISO-8601 UTC text, made by the database (no datetime objects per row).
-_CREATED_AT_ISO = {
-    "postgresql": """to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')""",
-    # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC (our rows are all UTC).
-    "sqlite": "replace(created_at, ' ', 'T') || '+00:00'",
-}
+def _claim_sqlite(session: Session, config: ExportConfig, dataset_id: int) -> int:
+    """SQLite: claim up to `max_rows` unclaimed rows in id order (BEGIN IMMEDIATE already serialises)."""
+    feedback = Feedback.__table__
+    pick = select(feedback.c.id).where(feedback.c.dataset_id.is_(None)).order_by(feedback.c.id).limit(config.max_rows)
+    return session.execute(
+        update(feedback).where(feedback.c.id.in_(pick.scalar_subquery())).values(dataset_id=dataset_id)
+    ).rowcount
 
 
-def _claimed_rows(session: Session, dialect: str, dataset_id: int, fetch_rows: int) -> Iterator[list[tuple]]:
-    """Open the cursor now (in the caller's thread); the returned iterator only fetches."""
-    driver = session.connection().connection.driver_connection
-    return _fetch_claimed(driver, dialect, dataset_id, fetch_rows)
+# SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC (our rows are all UTC).
+_SQLITE_CREATED_AT_ISO = "replace(created_at, ' ', 'T') || '+00:00'"
 
 
-def _fetch_claimed(driver, dialect: str, dataset_id: int, fetch_rows: int) -> Iterator[list[tuple]]:  # noqa: ANN001
-    """Batches of the claimed rows ordered by (content_hash, id), straight from the DB driver.
-
-    Postgres: a named (server-side) cursor inside the claiming transaction — it sees our uncommitted
-    claim and holds at most `fetch_rows` rows client-side. SQLite's cursor steps lazily by itself.
-    The driver is used directly because SQLAlchemy's per-row Row objects cost more than the export.
-    """
-    # Any total order puts equal hashes side by side; byte order ("C") sorts far faster than a locale.
-    hash_order = 'content_hash COLLATE "C"' if dialect == "postgresql" else "content_hash"
+def _fetch_claimed(driver, dataset_id: int, fetch_rows: int) -> Iterator[list[tuple]]:  # noqa: ANN001
+    """SQLite: batches of the claimed rows ordered by (content_hash, id), straight from the driver
+    (SQLAlchemy's per-row Row objects cost more than the export); its cursor steps lazily by itself."""
     sql = (
-        "SELECT id, prompt, response, CAST(messages AS TEXT), feedback, content_hash, "
-        f"{_CREATED_AT_ISO[dialect]} FROM feedback WHERE dataset_id = {int(dataset_id)} ORDER BY {hash_order}, id"
+        f"SELECT id, prompt, response, CAST(messages AS TEXT), feedback, content_hash, {_SQLITE_CREATED_AT_ISO} "
+        f"FROM feedback WHERE dataset_id = {int(dataset_id)} ORDER BY content_hash, id"
     )
-    if dialect == "postgresql":
-        cursor = driver.cursor(name=f"continuum_export_{int(dataset_id)}")
-        cursor.itersize = fetch_rows
-    else:
-        cursor = driver.cursor()
+    cursor = driver.cursor()
     try:
         cursor.execute(sql)
         while batch := cursor.fetchmany(fetch_rows):
             yield batch
     finally:
         cursor.close()
-
-
-@contextmanager
-def _prefetched(batches: Iterator[list[tuple]], depth: int = 2) -> Iterator[Iterator[list[tuple]]]:
-    """Fetch the next batch in a thread while the caller formats this one (the driver waits on the
-    socket without the GIL). At most `depth` batches are buffered; the thread is joined on exit so the
-    connection is idle again before the caller commits or rolls back."""
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        buffer.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            item: object = done
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            item = exc
-        while not stop.is_set():
-            try:
-                buffer.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def consume() -> Iterator[list[tuple]]:
-        while True:
-            item = buffer.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-
-    thread = threading.Thread(target=produce, name="export-fetch", daemon=True)
-    thread.start()
-    try:
-        yield consume()
-    finally:
-        stop.set()
-        thread.join()
-        batches.close()  # type: ignore[attr-defined]
 
 
 __all__ = ["ExportResult", "dataset_prefix", "dataset_uid", "export_feedback", "iter_dataset_rows"]

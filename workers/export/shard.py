@@ -114,6 +114,18 @@ class _BackgroundCompressor:
             raise self._error
 
 
+def line_encoding(config: ExportConfig) -> dict[str, tuple[str, str] | None]:
+    """feedback value → (weight, unlikelihood) as JSON text, or None where the policy skips the row."""
+    down: tuple[str, str] | None
+    if config.thumbs_down_policy is FeedbackPolicy.skip:
+        down = None
+    elif config.thumbs_down_policy is FeedbackPolicy.unlikelihood:
+        down = ("1.0", "true")
+    else:
+        down = (repr(float(config.thumbs_down_weight)), "false")
+    return {"thumbs_up": (repr(float(config.thumbs_up_weight)), "false"), "thumbs_down": down}
+
+
 class ShardWriter:
     """Streams rows `(id, prompt, response, messages_json, feedback, content_hash, created_at_iso)`,
     ordered by (content_hash, id), into a gzip JSONL stream, applying the policy as it goes.
@@ -130,15 +142,7 @@ class ShardWriter:
             _BackgroundCompressor(self._gzip) if background else self._gzip
         )
         self._holdout_percent = config.holdout_percent
-        # feedback value → (weight, unlikelihood) as JSON text, or None to skip the row.
-        down: tuple[str, str] | None
-        if config.thumbs_down_policy is FeedbackPolicy.skip:
-            down = None
-        elif config.thumbs_down_policy is FeedbackPolicy.unlikelihood:
-            down = ("1.0", "true")
-        else:
-            down = (repr(float(config.thumbs_down_weight)), "false")
-        self._encoding = {"thumbs_up": (repr(float(config.thumbs_up_weight)), "false"), "thumbs_down": down}
+        self._encoding = line_encoding(config)
         self._previous_hash: str | None = None
         self.counts = ShardCounts()
 
@@ -195,6 +199,11 @@ class ShardWriter:
         if lines:
             # _quote escapes every non-ASCII character (as json.dumps does); stored messages JSON may not.
             self._out.write("".join(lines).encode("utf-8"))
+
+    def write_lines(self, data: bytes) -> None:
+        """Compress already formatted lines (the Postgres path renders them on the server; its counts
+        come from the claim statement)."""
+        self._out.write(data)
 
     def close(self) -> tuple[str, int]:
         """Finish the gzip stream; (sha256, size) of the compressed shard."""

@@ -11,13 +11,17 @@ Two spaces, chosen by `space`:
   and the penalty measures the change of the function, not of one factorisation of it.
   With ``fisher=None`` it is plain L2 on the change of ΔW (F = 1), which measured about as good.
 
-A fresh adapter (first cycle) has no old-task Fisher: there is nothing learnt to anchor yet, so
-`continual.build_regularizers` leaves EWC off and KL-to-base guards the base model's behaviour.
+A fresh adapter (first cycle) has no old-task Fisher: `continual.prepare_cycle` leaves EWC off (the
+adapter has learnt nothing to anchor yet) unless `continual.first_cycle_fisher` supplies the base
+weights' ΔW-space Fisher on anchor rows, which anchors ΔW near 0 where the base's behaviour needs it.
 The Fisher is normalised to mean 1 so that λ means the same thing for Fisher-weighted and plain L2.
+The DEFAULT recipe uses LoRA space (see `continual.py`): with the Fisher taken at the end of each
+cycle, at the trained adapter, the zero-Fisher trap does not arise, and it is the cheaper of the two.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -104,7 +108,7 @@ class EWC:
         self.last_penalty: torch.Tensor | float = 0.0
         self._device_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._flat_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._resolved: tuple[int, list[Any]] | None = None
+        self._resolved: tuple[weakref.ref, list[Any]] | None = None
 
     @classmethod
     def from_model(
@@ -121,7 +125,7 @@ class EWC:
 
     def _targets(self, model: nn.Module) -> list[Any]:
         """The anchored parameters (LoRA space) or LoRA layers (ΔW space) of `model`, looked up once."""
-        if self._resolved is None or self._resolved[0] != id(model):
+        if self._resolved is None or self._resolved[0]() is not model:
             if self.space == "delta_w":
                 layers = lora_wrapped_layers(model)
                 found = [layers.get(name) for name in self.anchors]
@@ -130,7 +134,7 @@ class EWC:
                 found = [params.get(name) for name in self.anchors]
             if not found or any(t is None for t in found):
                 raise ValidationError("EWC anchors name tensors this model lacks; build EWC from the model being trained")
-            self._resolved = (id(model), found)
+            self._resolved = (weakref.ref(model), found)
         return self._resolved[1]
 
     def _flat(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

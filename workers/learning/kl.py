@@ -87,3 +87,9 @@ def load_parent_as_teacher(model: Any, adapter_dir: str, name: str = "parent") -
         if f".{name}." in param_name:
             param.requires_grad_(False)
     return name
+
+
+def unload_teacher(model: Any, name: str = "parent") -> None:
+    """Drop the teacher adapter again, so `save_pretrained` publishes only the trained one."""
+    if name in getattr(model, "peft_config", {}):
+        model.delete_adapter(name)

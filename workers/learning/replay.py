@@ -7,14 +7,11 @@ visits all of history over a run. (A fixed small buffer does not do that, and me
 see bench/forgetting.py.)
 
 The sampler takes a *factory* of an iterable of iterables of rows (one per earlier dataset), so it does
-not care where rows come from; `store_history` builds one over dataset shards in the object store.
+not care where rows come from; `store_history` builds one over exported datasets in the object store.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -82,27 +79,6 @@ def in_memory_history(*datasets: list[Row]) -> HistoryFactory:
     return lambda: [list(d) for d in datasets]
 
 
-def stream_dataset_rows(store: Any, key: str, split: str | None = "train") -> Iterator[Row]:
-    """Rows of one gzip-JSONL dataset shard in the object store, streamed (constant memory).
-
-    Only rows whose ``split`` equals `split` are yielded (``None``: all). A line that is not a JSON
-    object is an error naming the shard and line, since it means the export is corrupt.
-    """
-    with store.open_read(key) as raw, gzip.open(raw, "rb") as unzipped:
-        text = io.TextIOWrapper(unzipped, encoding="utf-8")
-        for number, line in enumerate(text, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValidationError(f"dataset shard {key} line {number} is not JSON ({exc.msg}); re-export it") from None
-            if not isinstance(row, dict):
-                raise ValidationError(f"dataset shard {key} line {number} is not a JSON object; re-export it")
-            if split is None or row.get("split") == split:
-                yield _as_training_row(row)
-
-
 def _as_training_row(row: Row) -> Row:
     """An exported row with the fields training reads filled in (older exports may lack some)."""
     out = dict(row)
@@ -113,11 +89,17 @@ def _as_training_row(row: Row) -> Row:
     return out
 
 
-def store_history(store: Any, shard_keys_per_dataset: list[list[str]], split: str | None = "train") -> HistoryFactory:
-    """History over earlier datasets in the object store: each dataset is a list of shard keys."""
+def store_history(store: Any, dataset_refs: list[str], split: str | None = "train") -> HistoryFactory:
+    """History over exported datasets in the object store (each a prefix, manifest key or URI).
+
+    Rows are streamed with the export's own reader (`workers.export.shard.iter_dataset_rows`, which
+    checks the shard against its manifest hash), one dataset after another, every time it is called.
+    """
+    from workers.export.shard import iter_dataset_rows
 
     def datasets() -> Iterator[Iterable[Row]]:
-        for keys in shard_keys_per_dataset:
-            yield _chain(stream_dataset_rows(store, key, split) for key in keys)
+        for ref in dataset_refs:
+            yield (_as_training_row(row) for row in iter_dataset_rows(store, ref, split))
 
     return datasets
+

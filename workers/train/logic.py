@@ -69,8 +69,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from workers.export.shard import iter_dataset_rows
     from workers.learning.continual import prepare_cycle, recipe
     from workers.learning.fisher_artifact import FisherArtifact as FisherValues
-    from workers.learning.kl import load_parent_as_teacher
+    from workers.learning.kl import load_parent_as_teacher, unload_teacher
     from workers.learning.lora import LoraSettings, attach_adapter, publish_adapter, settings_dict
+    from workers.learning.replay import store_history
     from workers.learning.training import TrainCallbacks, fit
 
     continual = recipe(params.recipe or ctx.settings.recipe, **params.recipe_overrides)
@@ -78,10 +79,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     dataset_id, manifest_key = inputs["dataset"]
     parent: Adapter | None = inputs["parent"]
     new_rows = list(iter_dataset_rows(ctx.store, manifest_key, split="train"))
-    history_keys = [key for _, key in inputs["history"]]
-
-    def history():  # re-streamed each epoch: memory stays bounded as history grows
-        return (iter_dataset_rows(ctx.store, key, split="train") for key in history_keys)
+    # Re-streamed every epoch, never loaded whole: memory stays bounded as history grows.
+    history = store_history(ctx.store, [key for _, key in inputs["history"]]) if inputs["history"] else None
 
     fisher_values = None
     if inputs["fisher"] is not None and continual.needs_fisher:
@@ -91,6 +90,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
     with scratch_dir(ctx) as tmp:
         parent_dir = download_adapter_row(ctx, parent, Path(tmp)) if parent is not None else None
         lora = LoraSettings(**params.lora)
+        import torch
+
+        torch.manual_seed(config.seed)  # a fresh adapter's initial values come from the global RNG
         model = attach_adapter(loaded.model, lora, parent_dir)
         teacher = None
         if continual.kl_strength > 0 and continual.kl_teacher == "parent" and parent_dir is not None:
@@ -99,7 +101,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
             model,
             new_rows,
             continual,
-            history=history if history_keys else None,
+            history=history,
             fisher=fisher_values,
             parent_teacher=teacher,
         )
@@ -118,7 +120,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
             checkpoint_prefix=f"checkpoints/{ctx.job_id}",
         )
         if teacher is not None:
-            model.delete_adapter(teacher)  # publish only the trained adapter
+            unload_teacher(model, teacher)  # publish only the trained adapter
         prefix = f"adapters/{params.adapter_name or ctx.settings.adapter_name}/{ctx.job_id}"
         metadata = {
             "prefix": prefix,

@@ -7,7 +7,7 @@ import torch
 from tests.unit.learning_keep.conftest import make_lora_model
 from workers.learning.evaluation import kl_drift
 from workers.learning.fisher import batches_for_rows
-from workers.learning.kl import KLDistillation, load_parent_as_teacher, response_token_kl
+from workers.learning.kl import KLDistillation, load_parent_as_teacher, response_token_kl, unload_teacher
 from workers.learning.training import TrainConfig, fit
 
 TRAIN = TrainConfig(learning_rate=5e-3, epochs=4, batch_size=6, seed=0)
@@ -56,3 +56,6 @@ def test_kl_to_parent_adapter_leaves_the_teacher_frozen(tokenizer, fact_sets, tm
     assert result.regularizer_means["kl"] > 0
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable_before
     assert all(torch.equal(p, parent_before[n]) for n, p in model.named_parameters() if n in parent_before)
+    unload_teacher(model, teacher)
+    model.save_pretrained(tmp_path / "child")
+    assert not (tmp_path / "child" / teacher).exists()  # only the trained adapter is published

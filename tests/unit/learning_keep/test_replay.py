@@ -63,19 +63,21 @@ def test_sampling_memory_is_bounded_by_the_draw_not_the_history():
     assert peak < held_all / 50
 
 
-def test_history_streams_train_rows_from_gzip_jsonl_shards(tmp_path):
-    store = LocalObjectStore(tmp_path)
+def test_history_streams_train_rows_of_exported_datasets(tmp_path):
+    from common.objectstore.artifacts import publish_artifact
+    from workers.export.shard import SCHEMA_VERSION
 
-    def put(key, records):
-        data = "\n".join(json.dumps(r) for r in records).encode()
-        store.put_bytes(key, gzip.compress(data))
+    store = LocalObjectStore(tmp_path / "store")
 
-    put("datasets/d1/part-0000.jsonl.gz", [dict(r, split="train") for r in rows("a", 5)]
-        + [dict(r, split="holdout") for r in rows("h", 3)])
-    put("datasets/d2/part-0000.jsonl.gz", [{"prompt": "p", "response": "r", "split": "train"}])
-    put("datasets/d2/part-0001.jsonl.gz", [dict(r, split="train") for r in rows("c", 2)])
-    history = store_history(store, [["datasets/d1/part-0000.jsonl.gz"],
-                                    ["datasets/d2/part-0000.jsonl.gz", "datasets/d2/part-0001.jsonl.gz"]])
+    def publish(prefix, records):
+        shard = tmp_path / f"{prefix.replace('/', '_')}.jsonl.gz"
+        shard.write_bytes(gzip.compress("\n".join(json.dumps(r) for r in records).encode()))
+        publish_artifact(store, prefix, {"shard.jsonl.gz": shard},
+                         {"schema_version": SCHEMA_VERSION, "shard": "shard.jsonl.gz"})
+
+    publish("datasets/d1", [dict(r, split="train") for r in rows("a", 5)] + [dict(r, split="holdout") for r in rows("h", 3)])
+    publish("datasets/d2", [{"prompt": "p", "response": "r", "split": "train"}] + [dict(r, split="train") for r in rows("c", 2)])
+    history = store_history(store, ["datasets/d1", "datasets/d2/manifest.json"])
     streamed = [r for dataset in history() for r in dataset]
     assert [r["prompt"] for r in streamed] == ["a0?", "a1?", "a2?", "a3?", "a4?", "p", "c0?", "c1?"]
     assert streamed[5]["weight"] == 1.0 and streamed[5]["unlikelihood"] is False  # defaults filled in
