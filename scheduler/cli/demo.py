@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         rounds: int = typer.Option(3, "--rounds", min=1, max=10, help="Feedback rounds (one continual cycle each)."),
-        facts: int = typer.Option(40, "--facts", min=4, help="Made-up facts users teach per round."),
+        facts: int = typer.Option(32, "--facts", min=4, help="Made-up facts users teach per round."),
         epochs: int = typer.Option(0, "--epochs", min=0, help="Epochs per cycle (0: the cycle default)."),
         naive: bool = typer.Option(True, "--naive/--no-naive", help="Also train the naive recipe for comparison."),
         json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),

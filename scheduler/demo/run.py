@@ -24,7 +24,7 @@ from scheduler.demo.table import CycleRow
 @dataclass
 class DemoOptions:
     rounds: int = 3
-    facts_per_round: int = 40
+    facts_per_round: int = 32
     epochs: int = 0  # 0: the cycle default
     naive: bool = True
     seed: int = 7

@@ -216,23 +216,45 @@ def test_below_minimum_is_skipped_and_leaves_rows_unclaimed(backend):
     "policy, down_weight, down_unlikelihood, written, skipped",
     [("skip", None, None, 20, 10), ("downweight", 0.25, False, 30, 0), ("unlikelihood", 1.0, True, 30, 0)],
 )
-def test_thumbs_down_policies(sqlite_local, policy, down_weight, down_unlikelihood, written, skipped):
-    sqlite_local.seed(rows(30))  # i % 3 == 0 → thumbs_down: 10 of 30
+def test_thumbs_down_policies(backend, policy, down_weight, down_unlikelihood, written, skipped):
+    backend.seed(rows(30))  # i % 3 == 0 → thumbs_down: 10 of 30
     result = export_feedback(
-        sqlite_local.sessions, sqlite_local.store,
+        backend.sessions, backend.store,
         config(thumbs_down_policy=policy, thumbs_down_weight=0.25, thumbs_up_weight=3.0), f"job-{policy}",
     )
     assert (result.claimed, result.rows, result.skipped) == (30, written, skipped)
-    [dataset] = sqlite_local.datasets()
+    [dataset] = backend.datasets()
     assert dataset.num_skipped == skipped and dataset.policy["thumbs_down_policy"] == policy
-    lines = shard_lines(sqlite_local, dataset)
+    lines = shard_lines(backend, dataset)
+    assert len(lines) == written and sum(line["split"] == "holdout" for line in lines) == dataset.num_holdout
     assert {(line["weight"], line["unlikelihood"]) for line in lines if line["feedback"] == "thumbs_up"} == {(3.0, False)}
     downs = [line for line in lines if line["feedback"] == "thumbs_down"]
     if policy == "skip":
         assert downs == []
     else:
         assert {(line["weight"], line["unlikelihood"]) for line in downs} == {(down_weight, down_unlikelihood)}
-    assert all(f.dataset_id == dataset.id for f in sqlite_local.feedback())  # skipped rows are claimed too
+    assert all(f.dataset_id == dataset.id for f in backend.feedback())  # skipped rows are claimed too
+
+
+def test_postgres_renders_the_same_lines_as_the_python_writer(postgres_s3, sqlite_local):
+    """Postgres renders shard lines in SQL, SQLite through ShardWriter: same rows → same lines."""
+    sample = rows(40) + rows(6) + [
+        {"prompt": 'quote " back\\slash \n tab\t é ☃ \u0001', "response": "r\u2028", "feedback": "thumbs_down"},
+        {"messages": [{"role": "user", "content": "q ✓"}, {"role": "assistant", "content": "a"}], "feedback": "thumbs_up"},
+    ]
+    decoded = {}
+    for backend in (postgres_s3, sqlite_local):
+        backend.seed(sample)
+        result = export_feedback(backend.sessions, backend.store, config(thumbs_down_policy="skip"), "job-same")
+        [dataset] = backend.datasets()
+        lines = shard_lines(backend, dataset)
+        decoded[backend.url.split(":")[0]] = (
+            [{k: v for k, v in line.items() if k != "created_at"} for line in lines],
+            (result.claimed, result.rows, result.train, result.holdout, result.duplicates, result.skipped),
+        )
+    (pg_lines, pg_counts), (sqlite_lines, sqlite_counts) = decoded.values()
+    assert pg_lines == sqlite_lines and len(pg_lines) == pg_counts[1]
+    assert pg_counts == sqlite_counts and (pg_counts[0], pg_counts[4]) == (48, 6) and pg_counts[5] > 0
 
 
 def test_dedup_within_batch_and_split_is_deterministic_across_exports(sqlite_local):

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.engine import session_scope
 from common.db.models import Dataset, Feedback
-from common.errors import DatabaseUnavailable, ValidationError
+from common.errors import DatabaseUnavailable, PermanentError, ValidationError
 from common.objectstore.artifacts import MANIFEST
 from common.objectstore.base import ObjectStore
 from common.objectstore.keys import join
@@ -169,7 +169,7 @@ def _claim_and_publish(
     prefix = dataset_prefix(uid)
     manifest_key = join(prefix, MANIFEST)
     uri = f"{store.url.rstrip('/')}/{prefix}"
-    # The dataset row comes first (feedback.dataset_id references it); it is invisible until commit.
+    # The dataset row comes first (its id is what the claim writes); it is invisible until commit.
     dataset_id = session.execute(
         insert(Dataset)
         .values(
@@ -202,6 +202,8 @@ def _claim_and_publish(
                 writer.write_lines(chunk)
                 if progress is not None:
                     progress(writer.counts.claimed, claimed)
+            if writer.counts.claimed != claimed:  # never expected: the read must see exactly the claim
+                raise PermanentError(f"export read {writer.counts.claimed} of its {claimed} claimed rows: retry the job")
         else:
             for batch in _fetch_claimed(connection.connection.driver_connection, dataset_id, config.fetch_rows):
                 if first_batch_at is None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from common.errors import PermanentError
 from workers.export.config import ExportConfig
 from workers.export.shard import ShardCounts, line_encoding
 
@@ -114,6 +115,10 @@ def stream_shard(driver, sql: str, counts: ShardCounts, chunk_bytes: int = 1 << 
             if data == _SKIPPED:
                 skipped += 1
                 continue
+            if data[0] != 0x7B:  # "{": COPY quoted the value (a raw newline in stored messages JSON)
+                raise PermanentError(
+                    f"feedback row rendered as a non-JSON line ({data[:60]!r}…): re-store its messages as compact JSON"
+                )
             # The split is the LAST "split" key of the line: only a hash and a timestamp follow it.
             if data[data.rfind(_SPLIT) + len(_SPLIT)] == 0x68:  # the "h" of "holdout"
                 holdout += 1

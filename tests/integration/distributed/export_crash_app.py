@@ -42,7 +42,7 @@ def _freeze(point: str) -> None:
 @event.listens_for(Engine, "before_cursor_execute")
 def _watch_statements(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
     text = " ".join(statement.split()).upper()
-    if text.startswith("UPDATE FEEDBACK SET DATASET_ID"):
+    if "UPDATE FEEDBACK SET DATASET_ID" in text:  # Postgres wraps the claim in a WITH (it counts the rows)
         _freeze("before_claim")
     elif text.startswith("UPDATE DATASETS SET NUM_ROWS"):
         _freeze("after_manifest")
