@@ -6,8 +6,8 @@
 Starts a throwaway Postgres and moto's S3 server on loopback (tests/support/servers.py), bulk-loads the
 rows with COPY, then runs each export in a FRESH subprocess so its peak RSS (VmHWM) is its own:
 
-* ours  — `workers.export.export_feedback`: claim in one transaction, server-side cursor, streamed gzip
-          into a multipart upload, manifest last.
+* ours  — `workers.export.export_feedback`: claim in one transaction, the server renders the shard
+          lines and streams them with COPY, gzip into a multipart upload, manifest last.
 * naive — fetch every row into a list, build dicts and the whole gzip file in memory, one PUT.
 
 Both write the same shard format at the same gzip level, so the ratio measures the approach. Targets:
@@ -218,7 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="Comma-separated row counts (default 100k,1M).")
     parser.add_argument("--compresslevel", type=int, default=1, help="gzip level for both exports (default 1).")
-    parser.add_argument("--fetch-rows", type=int, default=5_000, help="Server-side cursor fetch size (ours).")
+    parser.add_argument("--fetch-rows", type=int, default=5_000, help="Fetch size of ours on SQLite (Postgres streams with COPY).")
     parser.add_argument("--part-mib", type=int, default=8, help="S3 multipart part size in MiB.")
     parser.add_argument("--skip-naive", action="store_true", help="Only run our export.")
     parser.add_argument("--stock-postgres", action="store_true", help="Keep the test cluster's default settings.")

@@ -11,8 +11,9 @@ from scheduler.cli.context import console, print_json, state
 
 
 def _row(job) -> dict:
-    return {"id": job.id, "kind": job.kind, "queue": job.queue, "state": job.state, "attempts": job.attempts,
-            "max_attempts": job.max_attempts, "lease_owner": job.lease_owner, "progress": job.progress,
+    return {"id": job.id, "kind": job.kind, "params": job.params, "queue": job.queue, "state": job.state,
+            "attempts": job.attempts, "max_attempts": job.max_attempts, "lease_owner": job.lease_owner,
+            "progress": job.progress,
             "result": job.result, "error": job.error, "pipeline_run_id": job.pipeline_run_id,
             "created_at": job.created_at, "finished_at": job.finished_at}
 

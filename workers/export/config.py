@@ -23,7 +23,7 @@ class ExportConfig(BaseModel):
     )
     thumbs_down_weight: float = Field(0.5, ge=0, allow_inf_nan=False, description="Weight of a thumbs-down sample under `downweight`.")
     holdout_percent: int = Field(10, ge=0, le=50, description="Share of rows (by content hash) held out for evaluation.")
-    fetch_rows: int = Field(5_000, ge=100, description="Rows per server-side cursor fetch (memory vs round trips).")
+    fetch_rows: int = Field(5_000, ge=100, description="Rows per fetch on SQLite (memory vs round trips); Postgres streams with COPY.")
     compresslevel: int = Field(1, ge=0, le=9, description="gzip level of the shard; 1 is measured fastest for the size.")
 
     @model_validator(mode="after")
