@@ -8,18 +8,7 @@ import torch
 from workers.learning.lora import LoraSettings, attach_adapter
 from workers.learning.tiny import build_tiny_model, build_tokenizer, write_tiny_model
 
-# A narrower tiny model: same architecture and tokenizer, seconds per test instead of tens.
-NARROW = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
-          "num_key_value_heads": 2}
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning OpenMP threads run up to 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.support.torch_threads import NARROW, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="session")

@@ -9,18 +9,8 @@ from workers.learning.lora import LoraSettings, attach_adapter
 from workers.learning.synthetic import make_fact_sets
 from workers.learning.tiny import build_tiny_model, build_tokenizer
 
-SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
-         "num_key_value_heads": 2}
-
-
-@pytest.fixture(scope="package", autouse=True)
-def single_thread():
-    """One torch thread: these models are too small to gain from more, and on a shared 2-core box two
-    OpenMP threads fighting other processes made steps ~30x slower (measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.support.torch_threads import NARROW as SMALL
+from tests.support.torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="session")
