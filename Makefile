@@ -44,7 +44,9 @@ bench: install system-deps
 	$(PY) bench/train_throughput.py
 	$(PY) bench/fisher.py
 	$(PY) bench/regularizers.py
+	$(PY) bench/forgetting.py
 	$(PY) bench/dispatch.py
+	$(PY) bench/pipeline_overhead.py
 
 clean:
 	rm -rf $(VENV) .continuum .pytest_cache
