@@ -164,6 +164,12 @@ def _wire_worker_signals(app: Celery) -> None:
     def _on_shutdown(**_: Any) -> None:
         shutdown_requested.set()  # running jobs checkpoint and hand themselves back
 
+    @signals.worker_shutdown.connect(weak=False)
+    def _on_stopped(**_: Any) -> None:
+        from workers.registry import deregister_worker
+
+        deregister_worker(app)
+
     @signals.worker_ready.connect(weak=False)
     def _on_ready(sender=None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from common.db.engine import session_scope
 from common.db.models import Worker
@@ -51,6 +51,7 @@ def start_worker_registration(app: Celery, consumer: Any) -> threading.Thread:
         "pid": os.getpid(),
     }
     sessions = resources_for(settings).sessions
+    app.continuum_worker_name = row["name"]  # for deregister_worker at shutdown
 
     def upsert() -> None:
         now = utc_now()
@@ -77,3 +78,16 @@ def start_worker_registration(app: Celery, consumer: Any) -> threading.Thread:
     thread = threading.Thread(target=beat, daemon=True, name="worker-heartbeat")
     thread.start()
     return thread
+
+
+def deregister_worker(app: Celery) -> None:
+    """Remove this worker's row as it shuts down, so routing (and the embedded CLI, which starts a worker
+    only when none is live) never counts a stopped worker as live until its heartbeat goes stale."""
+    name = getattr(app, "continuum_worker_name", None)
+    if name is None:
+        return
+    try:
+        with session_scope(resources_for(app.continuum_settings).sessions) as session:
+            session.execute(delete(Worker).where(Worker.name == name))
+    except Exception as exc:  # noqa: BLE001 - shutting down anyway; the heartbeat simply goes stale
+        log.warning("could not deregister worker %s: %s", name, exc)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from common.db.engine import session_scope
 from common.db.models import Worker
-from tests.integration.distributed.harness import REPO, pid_alive
+from tests.integration.distributed.harness import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +30,21 @@ def test_pipeline_run_wait_starts_an_embedded_worker_and_skips_on_too_few_rows(t
     rows = [{"prompt": f"q{i}?", "response": f"a{i}", "feedback": "thumbs_up"} for i in range(3)]
     record_feedback_rows(resources.sessions, settings, rows)
 
-    result = subprocess.run([sys.executable, "-c", "from scheduler.cli import main; main()", "pipeline", "run",
-                             "--wait", "--json", "--timeout", "240"], cwd=REPO, env=dict(os.environ),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    status = json.loads(result.stdout[result.stdout.index("{"):])
+    def pipeline_run_wait() -> dict:
+        result = subprocess.run([sys.executable, "-c", "from scheduler.cli import main; main()", "pipeline", "run",
+                                 "--wait", "--json", "--timeout", "90"], cwd=REPO, env=dict(os.environ),
+                                capture_output=True, text=True, timeout=150)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout[result.stdout.index("{"):])
+
+    status = pipeline_run_wait()
     assert status["state"] == "skipped" and status["steps"]["export"]["state"] == "skipped"
     with session_scope(resources.sessions) as session:
-        workers = session.scalars(select(Worker)).all()
-    assert len(workers) == 1 and workers[0].name.startswith("embedded-")
-    assert not pid_alive(workers[0].pid)  # stopped when the command ended
+        assert session.scalars(select(Worker)).all() == []  # the stopped worker deregistered itself
+    # Right after, a second command must start its own worker: a stopped worker whose heartbeat is
+    # still fresh must not count as live (before the fix this run waited forever on a queued job).
+    again = pipeline_run_wait()
+    assert again["state"] == "skipped" and again["id"] != status["id"]
+    with session_scope(resources.sessions) as session:
+        assert session.scalars(select(Worker)).all() == []
     resources.close()
