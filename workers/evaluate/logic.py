@@ -19,7 +19,7 @@ from common.db.models import Evaluation
 from workers.context import JobContext
 from workers.lineage import datasets_by_id, get_adapter, get_dataset, taught_dataset_ids
 from workers.model_setup import download_adapter_row, load_base, scratch_dir
-from workers.train.config import parse_params
+from workers.params import parse_params
 
 
 class EvaluateJobParams(BaseModel):

@@ -20,7 +20,7 @@ from common.db.models import FisherArtifact
 from workers.context import JobContext
 from workers.lineage import current_parent, datasets_by_id, get_adapter, latest_fisher_for
 from workers.model_setup import download_adapter_row, load_base, scratch_dir
-from workers.train.config import parse_params
+from workers.params import parse_params
 
 
 class FisherJobParams(BaseModel):

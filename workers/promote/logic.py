@@ -15,6 +15,7 @@ from common.db.engine import session_scope
 from common.db.models import Adapter, AliasHistory, Evaluation
 from common.errors import NotFound, ValidationError
 from workers.context import JobContext
+from workers.params import parse_params
 from workers.promote.aliases import move_alias, read_alias, record_attempt
 from workers.promote.gate import decide
 from workers.promote.hotswap import hot_swap
@@ -33,12 +34,7 @@ class PromoteJobParams(BaseModel):
 
 
 def _parse(params: dict[str, Any]) -> PromoteJobParams:
-    from pydantic import ValidationError as PydanticValidationError
-
-    try:
-        parsed = PromoteJobParams.model_validate(params)
-    except PydanticValidationError as exc:
-        raise ValidationError([f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]) from None
+    parsed = parse_params(params, PromoteJobParams)
     if parsed.evaluation_id is None and parsed.adapter_id is None:
         raise ValidationError("promote needs evaluation_id or adapter_id")
     return parsed

@@ -39,18 +39,6 @@ class TrainJobParams(BaseModel):
     lora: dict[str, Any] = Field(default_factory=dict, description="LoraSettings overrides (fresh adapter only).")
 
 
-def parse_params(params: dict[str, Any], model: type[BaseModel]) -> Any:
-    """Validate job parameters, reporting every problem in one line."""
-    from pydantic import ValidationError as PydanticValidationError
-
-    try:
-        return model.model_validate(params)
-    except PydanticValidationError as exc:
-        raise ValidationError(
-            [f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()]
-        ) from None
-
-
 def train_config(settings: Settings, overrides: dict[str, Any]):
     from workers.learning.training import TrainConfig
 

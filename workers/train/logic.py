@@ -26,7 +26,8 @@ from workers.lineage import (
     taught_dataset_ids,
 )
 from workers.model_setup import download_adapter_row, load_base, scratch_dir
-from workers.train.config import TrainJobParams, parse_params, train_config
+from workers.params import parse_params
+from workers.train.config import TrainJobParams, train_config
 
 
 def _result(adapter: Adapter) -> dict[str, Any]:
