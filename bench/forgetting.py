@@ -1,11 +1,19 @@
-"""Forgetting per continual recipe on the two-task facts experiment (how DEFAULT was chosen).
+"""Forgetting per continual recipe over rounds of made-up facts, on a real model or the tiny one.
 
-    python bench/forgetting.py                       # every recipe in workers.learning.continual.RECIPES
-    python bench/forgetting.py --recipes naive,default --facts 50 --epochs 40
-    python bench/forgetting.py --extra 'ewc_delta_w:ewc_strength=10' --extra 'replay:replay_share=0.3'
+    python bench/forgetting.py --model smollm2-135m-instruct     # a registered name (continuum model add)
+    python bench/forgetting.py --model /path/to/hf-folder        # or a local model folder
+    python bench/forgetting.py --model tiny                      # the built-in random tiny model
+    python bench/forgetting.py --recipes naive,default --rounds 2 --facts 30 --json out.json
+    python bench/forgetting.py --extra 'default:self_replay_share=0.6' --lr 5e-4
 
-Cycle 1 trains A (shared); cycle 2 trains B from the same A-trained adapter under each recipe.
-Prints forgetting of A, accuracy on B, B relative to naive, the penalty/task-loss ratio and wall time.
+Every recipe starts from the same fresh adapter; each round teaches ~30 invented facts in chat form
+with one-sentence answers (`workers.learning.rounds`). Columns: recall (greedy exact match of the
+whole taught answer) of each round right after it was taught; forgetting of round 1 after the last
+round on its probe rows (taught, never replayed); general retention (`still_right`: share of the
+base model's right answers to the built-in general questions that are still right; `-` for the tiny
+model, which knows no general facts); generalisation (NLL gain of the taught answers under never-
+trained paraphrased questions vs the parent, mean over rounds); seconds per cycle.
+The learning rate, epochs and rank default to the model's size class (`workers.train.config`).
 """
 
 from __future__ import annotations
@@ -13,13 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from workers.learning.continual import RECIPES  # noqa: E402
-from workers.learning.two_task import ExperimentSettings, RecipeResult, run_two_task  # noqa: E402
+from workers.learning.rounds import RecipeRun, RoundSettings, run_rounds  # noqa: E402
 
 
 def _parse_extra(spec: str):
@@ -34,49 +45,107 @@ def _parse_extra(spec: str):
     return label, replace(RECIPES[base], **overrides)
 
 
+def load(model_arg: str):
+    """`(base model, tokenizer, label)` for tiny, a local folder, or a registered model name."""
+    if model_arg == "tiny":
+        from workers.learning.tiny import build_tiny_model, build_tokenizer
+
+        return build_tiny_model(0), build_tokenizer(0), "tiny"
+    from workers.learning.device import select_device
+    from workers.learning.models import load_model_and_tokenizer
+
+    path = model_arg
+    if not Path(model_arg).expanduser().is_dir():
+        from common.objectstore import open_store
+        from common.settings import Settings
+        from workers import model_registry
+        from workers.base_model import resolve_base_model
+
+        settings = Settings(base_model=model_arg)
+        store = open_store(settings)
+        if not model_registry.is_registered(store, model_arg):
+            raise SystemExit(f"no model {model_arg!r}: run `continuum model add {model_arg}` first, or pass "
+                             "--model tiny or a model folder")
+        path = resolve_base_model(settings, store)
+    model, tokenizer = load_model_and_tokenizer(path, select_device("cpu"))
+    return model, tokenizer, model_arg
+
+
+def table(runs: list[RecipeRun], rounds: int) -> list[str]:
+    """An 80-column table: recall per round, forgetting, general retention, NLL gain, s/cycle."""
+    recall_heads = " ".join(f"{'rec' + str(i + 1):>5s}" for i in range(rounds))
+    lines = [f"{'recipe':24s} {recall_heads} {'tok1':>5s} {'forget':>6s} {'still':>5s} {'agree':>5s} "
+             f"{'gain':>5s} {'s/cyc':>5s}"]
+    for r in runs:
+        recall = " ".join(f"{v:5.2f}" for v in r.recall_em)
+        still = r.general.get("still_right")
+        agree = r.general.get("agreement")
+        lines.append(
+            f"{r.name[:24]:24s} {recall} {r.recall_tok[0]:5.2f} {r.forgetting:6.3f} "
+            f"{'-' if still is None else format(still, '5.2f'):>5s} {'-' if agree is None else format(agree, '5.2f'):>5s} "
+            f"{sum(r.nll_gain) / len(r.nll_gain):5.2f} {sum(r.cycle_s) / len(r.cycle_s):5.0f}"
+        )
+    return lines
+
+
 def main() -> None:
+    from workers.learning.lora import LoraSettings, attach_adapter
+    from workers.train.config import model_size_defaults
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny, a registered model name, or a model folder")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names from RECIPES")
     parser.add_argument("--extra", action="append", default=[], help="recipe:key=value,... variants to add")
-    parser.add_argument("--facts", type=int, default=ExperimentSettings.facts_per_set)
-    parser.add_argument("--epochs", type=int, default=ExperimentSettings.epochs)
-    parser.add_argument("--lr", type=float, default=ExperimentSettings.learning_rate)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--facts", type=int, default=30, help="facts per round")
+    parser.add_argument("--lr", type=float, default=None, help="default: the model size's")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the model size's")
+    parser.add_argument("--rank", type=int, default=None, help="default: the model size's")
+    parser.add_argument("--no-prompts", action="store_true", help="skip anchor-prompt agreement (faster)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--buffer", type=int, action="append", default=[],
-                        help="add 'replay from a fixed N-fact buffer' (default replay share) for each N")
-    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     chosen = {name: RECIPES[name] for name in filter(None, args.recipes.split(","))}
     for spec in args.extra:
         label, config = _parse_extra(spec)
         chosen[label] = config
-    buffers = {}
-    for size in args.buffer:
-        label = f"replay[fixed {size}-fact buffer]"
-        chosen[label] = RECIPES["replay"]
-        buffers[label] = size
-    if "naive" not in chosen:
-        chosen = {"naive": RECIPES["naive"], **chosen}
-    settings = ExperimentSettings(facts_per_set=args.facts, epochs=args.epochs, learning_rate=args.lr,
-                                  seed=args.seed, threads=args.threads)
+    start = time.perf_counter()
+    base, tokenizer, label = load(args.model)
+    params = sum(p.numel() for p in base.parameters())
+    sized = model_size_defaults(params)
+    settings = RoundSettings(rounds=args.rounds, facts_per_round=args.facts, seed=args.seed,
+                             learning_rate=args.lr or sized["learning_rate"], epochs=args.epochs or sized["epochs"],
+                             lora_r=args.rank or sized["lora_rank"])
+    torch.manual_seed(args.seed)  # the adapter's random lora_A init
+    model = attach_adapter(base, LoraSettings(r=settings.lora_r, alpha=2 * settings.lora_r, dropout=0.0))
+    questions, prompts = [], []
+    if args.model != "tiny":  # the random tiny model answers no general question right
+        from workers.evaluate.anchors import ANCHOR_PROMPTS, general_questions
 
-    def show(r: RecipeResult) -> None:
-        print(f"  done {r.name}: forgetting_A={r.forgetting_a:.3f} acc_B={r.b_after:.3f} ({r.wall_s:.0f}s)", flush=True)
+        questions = general_questions()
+        prompts = [] if args.no_prompts else list(ANCHOR_PROMPTS)
+    from workers.learning.self_replay import SELF_REPLAY_PROMPTS
 
-    print(f"two-task facts: {settings}", flush=True)
-    results = run_two_task(chosen, settings, progress=show, replay_buffers=buffers)
-    naive_b = next(r.b_after for r in results if r.name == "naive")
+    print(f"model {label} ({params / 1e6:.0f}M params, load {time.perf_counter() - start:.0f}s); {settings}; "
+          f"threads {args.threads}", flush=True)
+    runs, shared = run_rounds(model, tokenizer, chosen, settings, questions, prompts, SELF_REPLAY_PROMPTS,
+                              progress=lambda msg: print("  " + msg, flush=True))
     print()
-    print(f"{'recipe':44s} {'acc_A before':>12s} {'acc_A after':>11s} {'forget_A':>9s} {'acc_B':>7s} {'B/naive':>8s} "
-          f"{'penalty/task':>13s} {'wall_s':>7s}")
-    for r in results:
-        ratio = ",".join(f"{k}={v:.3f}" for k, v in r.penalty_ratio.items()) or "-"
-        print(f"{r.name:44s} {r.a_before:12.3f} {r.a_after:11.3f} {r.forgetting_a:9.3f} {r.b_after:7.3f} "
-              f"{r.b_after / naive_b:8.3f} {ratio:>13s} {r.wall_s:7.1f}")
+    for line in table(runs, settings.rounds):
+        print(line)
+    print(f"rec<i>: exact match of round i right after it; tok1: token accuracy, round 1; forget: round 1"
+          f"\nprobe ({shared['probe_rows']} rows, never replayed) after round {settings.rounds}; still/agree:"
+          f"\ngeneral retention; gain: paraphrase NLL gain vs parent; self-replay generation:"
+          f" {shared.get('self_replay_s', 0):.0f}s once")
+    for r in runs:
+        for note in r.notes:
+            print(f"  note {r.name}: {note}")
     if args.json:
-        Path(args.json).write_text(json.dumps([r.row() for r in results], indent=2))
+        Path(args.json).write_text(json.dumps({"model": label, "params": params, "settings": settings.__dict__,
+                                               "shared": shared, "runs": [r.row() for r in runs]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -29,11 +29,25 @@ class Mode(str, Enum):
 
 
 class FeedbackPolicy(str, Enum):
-    """What a thumbs-down row becomes in a training set."""
+    """What a thumbs-down row becomes in a training set.
+
+    `unlikelihood` lowers the disliked response's probability; `train_as_positive` (the old
+    `downweight`) trains it as a target at `thumbs_down_weight` and is never the default.
+    """
 
     skip = "skip"
-    downweight = "downweight"
+    train_as_positive = "train_as_positive"
     unlikelihood = "unlikelihood"
+
+
+def refuse_renamed_policy(value: object) -> object:
+    """`downweight` was renamed: refuse it with the fix rather than silently keep learning disliked answers."""
+    if isinstance(value, str) and value == "downweight":
+        raise ValueError(
+            "thumbs-down policy 'downweight' was renamed 'train_as_positive' (it trains the disliked "
+            "response as a target); use unlikelihood (default), skip or train_as_positive"
+        )
+    return value
 
 
 class Settings(BaseSettings):
@@ -71,29 +85,78 @@ class Settings(BaseSettings):
     feedback_max_chars: int = Field(32_000, gt=0, description="Largest prompt or response accepted, in characters.")
     thumbs_up_weight: float = Field(2.0, gt=0, description="Training weight of a thumbs-up sample.")
     thumbs_down_policy: FeedbackPolicy = Field(
-        FeedbackPolicy.downweight, description="Thumbs-down rows: `skip`, `downweight` or `unlikelihood`."
+        FeedbackPolicy.unlikelihood,
+        description="Thumbs-down rows: `unlikelihood` (push the disliked response down), `skip` or "
+        "`train_as_positive` (learn it as a target; the old `downweight`).",
     )
-    thumbs_down_weight: float = Field(0.5, ge=0, description="Weight of a thumbs-down sample under `downweight`.")
+    thumbs_down_weight: float = Field(
+        0.5, ge=0, description="Weight of a thumbs-down sample under `train_as_positive`."
+    )
     export_min_rows: int = Field(1, ge=1, description="Fewer new feedback rows than this: export is skipped.")
     export_max_rows: int = Field(2_000_000, ge=1, description="Most feedback rows one export claims.")
-    holdout_percent: int = Field(10, ge=0, le=50, description="Share of exported rows held out for evaluation.")
+    holdout_percent: int = Field(
+        10, ge=0, le=50, description="Share of prompts held out (never trained): generalisation is scored on them."
+    )
+    probe_percent: int = Field(
+        20, ge=0, le=50,
+        description="Share of prompts taught but never replayed: later cycles score retention on them.",
+    )
 
     # Learning: what is trained, where, and with which recipe. Job parameters may override per run.
     base_model: str = Field(
-        "", description="Base model: a local path or hub id; empty = the built-in tiny model (made once, kept in storage)."
+        "",
+        description="Base model: a name registered with `continuum model add` (e.g. `smollm2-135m-instruct`), a "
+        "local model folder, or a hub id; empty or `builtin:tiny` = the built-in tiny model (made once, kept in storage).",
     )
     device: str = Field("auto", description="`auto` (cuda > mps > cpu), `cuda`, `mps` or `cpu` for ML jobs.")
     load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4-bit (CUDA + bitsandbytes only).")
     adapter_name: str = Field("default", description="Name of the continually trained adapter lineage.")
+    lora_target_modules: str = Field(
+        "auto",
+        description="Layers a new adapter trains: comma list of module names, or `auto` = every attention and "
+        "MLP projection of the architecture (Llama/Qwen/Mistral q,k,v,o,gate,up,down_proj; GPT-2 c_attn,c_proj,"
+        "c_fc; GPT-NeoX query_key_value,dense,…; else all linear layers but the LM head), because MLP layers "
+        "hold facts and attention-only LoRA learns them poorly.",
+    )
+    lora_rank: int = Field(16, ge=1, description="LoRA rank r of a new adapter (capacity per cycle; cost grows with it).")
+    lora_alpha: int = Field(32, gt=0, description="LoRA alpha of a new adapter; the update is scaled by alpha/r (2 by default).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on a new adapter's LoRA input.")
     recipe: str = Field("default", description="Continual recipe: `default` (replay + regularisers) or `naive`.")
     train_epochs: int = Field(0, ge=0, description="Epochs per training cycle; 0 = the recipe's default.")
     fisher_max_samples: int = Field(256, ge=1, description="Most samples one Fisher computation reads.")
-    eval_max_samples: int = Field(200, ge=1, description="Most samples per evaluation set (keeps cost flat as history grows).")
-    promote_max_forgetting: float = Field(
-        0.10, ge=0, le=1, description="Promotion gate: largest forgetting ratio on earlier data allowed."
+    reteach_after_rollback: bool = Field(
+        True,
+        description="After `continuum rollback`, the next cycle also re-teaches the datasets the rolled-back "
+        "version(s) had learnt (else they are left out, and the job result says which).",
     )
-    promote_min_plasticity: float = Field(
-        0.50, ge=0, le=1, description="Promotion gate: least answer accuracy on what this cycle taught."
+    eval_max_samples: int = Field(200, ge=1, description="Most samples per evaluation set (keeps cost flat as history grows).")
+    anchors_file: str = Field(
+        "",
+        description="General retention: a JSONL file of your own probes, one `{\"prompt\": ..., \"answer\": "
+        "optional string or list}` per line; rows with an answer join the built-in general questions, rows "
+        "without join the anchor prompts.",
+    )
+    eval_exact_match: bool = Field(
+        False, description="Evaluation also greedy-decodes taught answers for exact match (short-answer data)."
+    )
+    # The promotion gate (issue 8): one threshold per measure; each can be overridden per promote job.
+    gate_min_recall: float = Field(
+        0.5, ge=0, le=1, description="Promotion gate: least recall (token accuracy) on the rows this cycle taught."
+    )
+    gate_recall_exact_match: bool = Field(
+        False, description="Promotion gate: judge recall by exact match when the evaluation has it."
+    )
+    gate_min_generalisation_gain: float = Field(
+        -0.05, description="Promotion gate: least holdout NLL gain over the parent (negative allows a small loss)."
+    )
+    gate_max_forgetting: float = Field(
+        0.10, ge=0, le=1, description="Promotion gate: worst forgetting of an earlier dataset since first taught."
+    )
+    gate_min_general_retention: float = Field(
+        0.9, ge=0, le=1, description="Promotion gate: least share of the base's right general answers kept."
+    )
+    gate_min_suppression: float = Field(
+        0.0, description="Promotion gate: least log-prob drop of thumbs-down responses (only when there are some)."
     )
 
     # ---- Distributed execution (job ledger, Celery, workers, beat, promotion) -- owned by issue 4 ----
@@ -140,15 +203,16 @@ class Settings(BaseSettings):
     pipeline_min_samples: int = Field(
         8, ge=1, description="A pipeline run with fewer new feedback rows than this ends `skipped` without training."
     )
-    promote_min_gain: float = Field(
-        0.0, description="Promotion gate: smallest improvement on the new data (plasticity) a candidate must show."
-    )
     hot_swap_url: str = Field(
         "", description="Serving engine base URL (vLLM-compatible); after a promotion it loads the new adapter."
     )
     hot_swap_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of each hot-swap HTTP call.")
     flower_port: int = Field(5555, ge=1, le=65535, description="Port `continuum flower` listens on.")
     # ---- end of distributed-execution block ----
+
+    _renamed_policy = field_validator("thumbs_down_policy", mode="before")(
+        classmethod(lambda cls, value: refuse_renamed_policy(value))
+    )
 
     @field_validator("storage_url")
     @classmethod

@@ -88,7 +88,13 @@ def _step_params(settings: Settings, run: PipelineRun, step: str, done: dict[str
         return {"min_rows": settings.pipeline_min_samples, **overrides}
     dataset_id = result.get("export", {}).get("dataset_id")
     if step == "fisher":
-        return overrides
+        # The Fisher is for the train step that reads it: same recipe, overrides, lineage and parent
+        # (train refuses a Fisher of another adapter or parameter space).
+        train = (run.params or {}).get("steps", {}).get("train", {})
+        inherited = {k: train[k] for k in ("recipe", "recipe_overrides", "adapter_name", "fresh") if k in train}
+        if train.get("parent_adapter_id") is not None:
+            inherited["adapter_id"] = train["parent_adapter_id"]
+        return {**inherited, **overrides}
     if step == "train":
         fisher_id = result.get("fisher", {}).get("fisher_id")
         return {"dataset_id": dataset_id, **({"fisher_id": fisher_id} if fisher_id else {}), **overrides}

@@ -1,8 +1,12 @@
-"""Where an ML job's base model comes from: a configured path / hub id, or the built-in tiny model.
+"""Where an ML job's base model comes from: the built-in tiny model, a registered model, or a path.
 
-The built-in tiny model is made once (seeded) and published to the object store; every worker downloads
-that one copy, so all workers train and evaluate against identical weights even if tiny-model
-construction ever changed between versions.
+`CONTINUUM_BASE_MODEL` is one of
+- empty or `builtin:tiny`: the built-in tiny model, made once (seeded) and published to the object
+  store; every worker downloads that one copy, so all workers train and evaluate against identical
+  weights even if tiny-model construction ever changed between versions;
+- a name registered with `continuum model add` (`workers.model_registry`): downloaded once per worker
+  from the object store, the same way;
+- a local model folder, or a hub id (`org/name`) the loader resolves from the local hub cache.
 """
 
 from __future__ import annotations
@@ -22,8 +26,13 @@ _COMPLETE_MARK = ".continuum-complete"
 
 
 def base_model_id(settings: Settings) -> str:
-    """The identifier recorded on adapters and Fisher rows (the path/id, or `builtin:tiny`)."""
+    """The identifier recorded on adapters and Fisher rows (registered name, path/id, or `builtin:tiny`)."""
     return settings.base_model or BUILTIN_TINY
+
+
+def model_cache_root(settings: Settings) -> Path:
+    """Where workers keep downloaded base models."""
+    return (settings.home / "cache" / "models").resolve()
 
 
 def publish_tiny_model(store: ObjectStore, seed: int = 0, size: str = "tiny") -> str:
@@ -41,10 +50,15 @@ def publish_tiny_model(store: ObjectStore, seed: int = 0, size: str = "tiny") ->
 
 def resolve_base_model(settings: Settings, store: ObjectStore) -> str:
     """A local directory or hub id that `load_model_and_tokenizer` can open."""
-    if settings.base_model and settings.base_model != BUILTIN_TINY:
-        _check_local_model(settings.base_model)
-        return settings.base_model
-    cache = (settings.home / "cache" / "models" / "builtin-tiny").resolve()
+    name = settings.base_model
+    if name and name != BUILTIN_TINY:
+        from workers import model_registry
+
+        if model_registry.is_registered(store, name):
+            return str(model_registry.download_model(store, name, model_cache_root(settings)))
+        _check_local_model(name)
+        return name
+    cache = model_cache_root(settings) / "builtin-tiny"
     if (cache / _COMPLETE_MARK).exists():
         return str(cache)
     publish_tiny_model(store)
@@ -63,12 +77,17 @@ def resolve_base_model(settings: Settings, store: ObjectStore) -> str:
 
 
 def _check_local_model(name_or_path: str) -> None:
-    """A path-like CONTINUUM_BASE_MODEL must be a model directory: fail here, naming the setting, not in a
-    worker deep inside transformers. Hub ids (`org/name`) pass; the loader resolves them."""
+    """A path-like CONTINUUM_BASE_MODEL must be a model directory, and a bare name must be registered:
+    fail here, naming the fix, not in a worker deep inside transformers. Hub ids (`org/name`) pass."""
     path = Path(name_or_path).expanduser()
     path_like = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.exists()
     if path_like and not (path / "config.json").is_file():
         raise PermanentError(
             f"CONTINUUM_BASE_MODEL={name_or_path!r} is not a model directory (no config.json there): point it at a "
             "Hugging Face model directory, or unset it to use the built-in tiny model"
+        )
+    if not path_like and "/" not in name_or_path:
+        raise PermanentError(
+            f"CONTINUUM_BASE_MODEL={name_or_path!r} is not a registered model: register it with `continuum model "
+            f"add SOURCE --name {name_or_path}` (see `continuum model list`), or give a model folder path"
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.db.models import Adapter, Alias, Dataset, Evaluation, FisherArtifact
+from common.db.models import Adapter, Alias, AliasHistory, Dataset, Evaluation, FisherArtifact
 from common.errors import NotFound
 
 PRODUCTION = "production"
@@ -52,6 +52,44 @@ def taught_dataset_ids(session: Session, adapter: Adapter | None) -> list[int]:
         ids = [d for d in adapter.dataset_ids if d not in ids] + ids
         adapter = session.get(Adapter, adapter.parent_id) if adapter.parent_id else None
     return ids
+
+
+def rolled_back_versions(session: Session, adapter_name: str, alias: str = PRODUCTION) -> list[Adapter]:
+    """Adapters of the lineage that a successful `continuum rollback` moved `alias` away from, oldest first."""
+    ids = session.scalars(
+        select(AliasHistory.from_adapter_id)
+        .where(AliasHistory.alias == alias, AliasHistory.action == "rollback", AliasHistory.succeeded.is_(True),
+               AliasHistory.from_adapter_id.is_not(None))
+        .order_by(AliasHistory.id)
+    ).all()
+    found: list[Adapter] = []
+    for adapter_id in dict.fromkeys(ids):  # each once, in rollback order
+        adapter = session.get(Adapter, adapter_id)
+        if adapter is not None and adapter.name == adapter_name:
+            found.append(adapter)
+    return found
+
+
+def lost_to_rollback(session: Session, parent: Adapter | None,
+                     alias: str = PRODUCTION) -> tuple[list[int], list[Adapter]]:
+    """Datasets a cycle from `parent` would silently lose to a rollback, and the versions that had them.
+
+    A dataset is lost when a rolled-back version (see `rolled_back_versions`) was taught it and
+    `parent`'s own ancestry was not: rolling back from v3 to v2 leaves v3's dataset behind. Once a
+    later cycle re-teaches it (its adapter row lists the dataset), it is in the ancestry again and no
+    longer lost. A fresh adapter (no parent) loses nothing: it starts over by request.
+    """
+    if parent is None:
+        return [], []
+    kept = set(taught_dataset_ids(session, parent))
+    lost: list[int] = []
+    versions: list[Adapter] = []
+    for version in rolled_back_versions(session, parent.name, alias):
+        missing = [d for d in taught_dataset_ids(session, version) if d not in kept and d not in lost]
+        if missing:
+            lost.extend(missing)
+            versions.append(version)
+    return sorted(lost), versions
 
 
 def datasets_by_id(session: Session, ids: list[int]) -> list[Dataset]:

@@ -248,7 +248,8 @@ class AliasHistory(Base):
 
 
 class Evaluation(Base):
-    """Metrics of one candidate adapter: plasticity, retention/forgetting, KL drift."""
+    """Metrics of one candidate adapter (`workers.learning.evaluation`: recall, generalisation, forgetting,
+    general retention, suppression) and whether it passed the promotion gate."""
 
     __tablename__ = "evaluations"
 
@@ -258,6 +259,24 @@ class Evaluation(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     passed_gate: Mapped[bool | None] = mapped_column(Boolean)
     job_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetScore(Base):
+    """An adapter's retention score on one dataset's probe rows (taught once, never replayed).
+
+    Written by the evaluate job for the candidate: its score on the datasets it taught (their
+    "first taught" score, what later forgetting is measured against) and on every earlier dataset of
+    its lineage. The accuracy matrix (versions × datasets) and backward transfer are read from here.
+    """
+
+    __tablename__ = "dataset_scores"
+
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    token_accuracy: Mapped[float | None] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer)
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         import time
 
         from scheduler.demo.run import DemoOptions, run_demo
-        from scheduler.demo.table import cycle_table
+        from scheduler.demo.table import CAPTION, cycle_table
 
         started = time.monotonic()
         # With --json, stdout carries only the JSON document: progress and tables go to stderr.
@@ -56,6 +56,5 @@ def register(app: typer.Typer) -> None:
             print_json({"cycles": data, "report": str(files.html), "seconds": time.monotonic() - started})
             return
         console.print(table)
-        console.print("recall = answers to this round's facts (exact match / token accuracy); retention = token "
-                      "accuracy on earlier rounds' facts now; forgetting = worst drop since a round was taught.")
+        console.print(CAPTION, highlight=False)
         console.print(f"report: {files.html}   ({time.monotonic() - started:.0f}s in all)", highlight=False)

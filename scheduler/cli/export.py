@@ -50,7 +50,9 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
-        table = Table("claimed", "rows", "train", "holdout", "duplicates", "skipped", title=f"dataset {result.dataset_uid}")
-        table.add_row(*(str(v) for v in (result.claimed, result.rows, result.train, result.holdout, result.duplicates, result.skipped)))
+        table = Table("claimed", "rows", "train", "probe", "holdout", "duplicates", "skipped",
+                      title=f"dataset {result.dataset_uid}")
+        table.add_row(*(str(v) for v in (result.claimed, result.rows, result.train, result.probe, result.holdout,
+                                          result.duplicates, result.skipped)))
         console.print(table)
         console.print(f"uri: {result.uri}\njob id: {job_id}", highlight=False)

@@ -24,6 +24,16 @@ def _finish(result: dict[str, Any], json_output: bool, headline: str) -> None:
         console.print_json(json.dumps(details, default=str))
 
 
+def metrics_line(headline: dict[str, Any]) -> str:
+    """The evaluate job's headline figures in one rounded line (`workers.evaluate.summary`)."""
+    from workers.evaluate.summary import fmt
+
+    parts = [("recall", "recall"), ("exact match", "exact_match"), ("generalisation gain", "nll_gain"),
+             ("forgetting max", "forgetting_max"), ("mean", "forgetting_mean"),
+             ("general retention", "general_retention"), ("KL drift", "kl_drift"), ("suppression", "suppression")]
+    return "  ".join(f"{label} {fmt(headline.get(key), 3 if key == 'kl_drift' else 2)}" for label, key in parts)
+
+
 def _common(json_output: bool, wait: bool, device: str, kind: str, params: dict[str, Any]) -> dict[str, Any]:
     from scheduler.jobwait import run_job
 
@@ -79,14 +89,25 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         adapter: int = typer.Option(..., "--adapter", help="Candidate adapter id."),
         dataset: Optional[int] = typer.Option(None, "--dataset", help="New dataset; default: the one it trained on."),
+        exact_match: Optional[bool] = typer.Option(
+            None, "--exact-match/--no-exact-match", help="Also score exact match of whole answers (short-answer data)."
+        ),
         device: str = _DEVICE, wait: bool = _WAIT, json_output: bool = _JSON,
     ) -> None:
-        """Score an adapter: recall of what it learnt, retention of earlier data, KL drift from the base."""
+        """Score an adapter: recall of what it taught, generalisation on holdout, forgetting since first taught,
+        general retention against the base model, suppression of thumbs-down answers."""
         job: dict[str, Any] = {"adapter_id": adapter}
         if dataset is not None:
             job["dataset_id"] = dataset
+        if exact_match is not None:
+            job["exact_match"] = exact_match
         result = _common(json_output, wait, device, "evaluate", job)
-        _finish(result, json_output, f"evaluation {result.get('evaluation_id', '?')} of adapter {adapter}")
+        if json_output or not wait or "metrics" not in result:
+            _finish(result, json_output, f"evaluate job {result['job_id']} queued" if not wait else
+                    f"evaluation {result.get('evaluation_id', '?')} of adapter {adapter}: {result.get('state')}")
+            return
+        console.print(f"evaluation {result.get('evaluation_id', '?')} of adapter {adapter}", highlight=False)
+        console.print(metrics_line(result["metrics"]), highlight=False)
 
     @app.command("promote")
     def promote(
@@ -102,7 +123,17 @@ def register(app: typer.Typer) -> None:
         if adapter is not None:
             job["adapter_id"] = adapter
         result = _common(json_output, wait, "auto", "promote", job)
-        _finish(result, json_output, f"promote: [bold]{result.get('status', result['state'])}[/bold] {result.get('reason', '')}")
+        if json_output:
+            print_json(result)
+            return
+        console.print(f"promote: [bold]{result.get('status', result['state'])}[/bold]")
+        # One gate reason per line, passed and failed alike.
+        reasons = str(result.get("reason") or "")
+        for prefix in ("gate refused: ", "gate passed: "):
+            reasons = reasons.removeprefix(prefix)
+        for reason in reasons.split("; "):
+            if reason:
+                console.print(f"  {reason}", highlight=False)
 
     @app.command("rollback")
     def rollback(

@@ -9,15 +9,14 @@ import typer
 from scheduler.cli.context import console, print_json, state
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+def _fmt(value: Any, digits: int = 2) -> str:
+    from workers.evaluate.summary import fmt
+
+    return fmt(value, digits)
 
 
 def adapter_summary(session, adapter) -> dict[str, Any]:
+    from workers.evaluate.summary import summary
     from workers.lineage import evaluation_of
 
     evaluation = evaluation_of(session, adapter.id)
@@ -33,10 +32,8 @@ def adapter_summary(session, adapter) -> dict[str, Any]:
         "base_model": adapter.base_model,
         "uri": adapter.uri,
         "created_at": adapter.created_at.isoformat() if adapter.created_at else None,
-        "plasticity": metrics.get("plasticity"),
-        "exact_match": metrics.get("exact_match"),
-        "forgetting": metrics.get("forgetting"),
-        "kl_drift": metrics.get("kl_drift"),
+        "passed_gate": evaluation.passed_gate if evaluation is not None else None,
+        **summary(metrics),
     }
 
 
@@ -61,13 +58,16 @@ def register(app: typer.Typer) -> None:
         if json_output:
             print_json(rows)
             return
-        table = Table("id", "version", "parent", "status", "datasets", "recall", "exact", "forgetting", "KL drift",
-                      title="adapters")
+        # recall on what it taught; forgetting = worst since first taught; general = base answers kept.
+        # Fits 80 columns: the parent and the other figures are in `adapters show` and `--json`.
+        table = Table(title="adapters (* = production)", pad_edge=False)
+        for column in ("id", "version", "status", "datasets", "recall", "forgot", "general", "KL"):
+            table.add_column(column, no_wrap=column != "datasets")
         for r in rows:
             mark = " *" if r["production"] else ""
-            table.add_row(str(r["id"]), f"{r['name']}@v{r['version']}{mark}", _fmt(r["parent_id"]), r["status"],
-                          ",".join(map(str, r["dataset_ids"])), _fmt(r["plasticity"]), _fmt(r["exact_match"]),
-                          _fmt(r["forgetting"]), _fmt(r["kl_drift"], 4))
+            table.add_row(str(r["id"]), f"{r['name']}@v{r['version']}{mark}", r["status"],
+                          ",".join(map(str, r["dataset_ids"])), _fmt(r["recall"]), _fmt(r["forgetting_max"]),
+                          _fmt(r["general_retention"]), _fmt(r["kl_drift"], 3))
         console.print(table)
 
     @adapters.command("show")
@@ -109,8 +109,11 @@ def register(app: typer.Typer) -> None:
             t = info["train"]
             console.print(f"training: {t.get('steps')} steps, final loss {_fmt(t.get('final_loss'))}, "
                           f"{_fmt(t.get('useful_tokens_per_s'), 0)} tokens/s")
-        console.print(f"recall {_fmt(info['plasticity'])}  exact match {_fmt(info['exact_match'])}  "
-                      f"forgetting {_fmt(info['forgetting'])}  KL drift {_fmt(info['kl_drift'], 4)}")
+        console.print(f"recall {_fmt(info['recall'])}  exact match {_fmt(info['exact_match'])}  "
+                      f"generalisation gain {_fmt(info['nll_gain'])}", highlight=False)
+        console.print(f"forgetting max {_fmt(info['forgetting_max'])} mean {_fmt(info['forgetting_mean'])}  "
+                      f"general retention {_fmt(info['general_retention'])}  KL drift {_fmt(info['kl_drift'], 3)}  "
+                      f"suppression {_fmt(info['suppression'])}", highlight=False)
         for h in info["alias_history"]:
             verdict = "ok" if h["succeeded"] else "refused"
             console.print(f"  {h['at']}  {h['alias']}: {h['action']} {h['from']} → {h['to']} ({verdict}) {h['reason'] or ''}")
@@ -125,7 +128,9 @@ def register(app: typer.Typer) -> None:
 
         with session_scope(state.sessions()) as session:
             rows = [
-                {"id": d.id, "uid": d.uid, "rows": d.num_rows, "train": d.num_train, "holdout": d.num_holdout,
+                # probe is not a column: the rows neither train nor holdout (0 for pre-probe datasets).
+                {"id": d.id, "uid": d.uid, "rows": d.num_rows, "train": d.num_train,
+                 "probe": d.num_rows - d.num_train - d.num_holdout, "holdout": d.num_holdout,
                  "duplicates": d.num_duplicates, "skipped": d.num_skipped,
                  "feedback_ids": [d.min_feedback_id, d.max_feedback_id], "uri": d.uri,
                  "created_at": d.created_at.isoformat()}
@@ -134,11 +139,14 @@ def register(app: typer.Typer) -> None:
         if json_output:
             print_json(rows)
             return
-        table = Table("id", "uid", "rows", "train", "holdout", "dups", "skipped", "feedback ids", "created", title="datasets")
+        # Fits 80 columns; the full uid and the creation time are in `--json`.
+        table = Table(title="datasets", pad_edge=False)
+        for column in ("id", "uid", "rows", "train", "probe", "holdout", "dups", "skipped", "feedback ids"):
+            table.add_column(column, no_wrap=True)
         for r in rows:
-            table.add_row(str(r["id"]), r["uid"][:12], str(r["rows"]), str(r["train"]), str(r["holdout"]),
-                          str(r["duplicates"]), str(r["skipped"]), f"{r['feedback_ids'][0]}–{r['feedback_ids'][1]}",
-                          r["created_at"][:19])
+            table.add_row(str(r["id"]), r["uid"][:8], str(r["rows"]), str(r["train"]), str(r["probe"]),
+                          str(r["holdout"]), str(r["duplicates"]), str(r["skipped"]),
+                          f"{r['feedback_ids'][0]}–{r['feedback_ids'][1]}")
         console.print(table)
 
     app.add_typer(adapters, name="adapters")

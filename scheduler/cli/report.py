@@ -25,10 +25,7 @@ def register(app: typer.Typer) -> None:
 
         settings = state.settings
         out_dir = out or settings.home / "report"
-        gate = Gate(
-            max_forgetting=getattr(settings, "promote_max_forgetting", None),
-            min_plasticity=getattr(settings, "promote_min_plasticity", None),
-        )
+        gate = Gate.from_settings(settings)
         with console.status("drawing the report…"), state.sessions()() as session:
             files = build_report(session, out_dir, alias=alias, lineages=lineage or None, gate=gate)
         rows = summary_rows(files.data)
@@ -41,10 +38,16 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
-        table = Table(title=f"adapter versions ({alias}: {files.data.holder() or 'nobody'})")
-        for column in rows[0]:
-            table.add_column(column, justify="left" if column in ("version", "created", "status", "gate", "datasets") else "right")
+        # The terminal gets the headline columns only (fits 80 columns); the page has them all.
+        table = Table(title=f"adapter versions (* = {alias}: {files.data.holder() or 'nobody'})", pad_edge=False)
+        columns = {"version": "version", "recall": "recall", "forgetting max": "forgot\nmax",
+                   "forgetting mean": "forgot\nmean", "general retention": "general", "KL drift": "KL\ndrift",
+                   "gate": "gate"}
+        for key, header in columns.items():
+            table.add_column(header, justify="left" if key in ("version", "gate") else "right", no_wrap=True)
         for row in rows:
-            table.add_row(*row.values(), style="bold green" if row["status"].endswith(f"({alias})") else None)
+            holds = row["status"].endswith(f"({alias})")
+            cells = [row["version"] + (" *" if holds else "")] + [row[key] for key in list(columns)[1:]]
+            table.add_row(*cells, style="bold green" if holds else None)
         console.print(table)
         console.print(f"report: [bold]{files.html.resolve()}[/bold] (+ {len(files.pngs)} PNGs)")

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from common.settings import Mode, Settings, load_settings
 from scheduler.demo.table import CycleRow
+from workers.evaluate.summary import summary as headline_of
 
 
 @dataclass
@@ -48,6 +49,12 @@ def _evaluation(settings: Settings, evaluation_id: int) -> dict[str, Any]:
 
     with session_scope(resources_for(settings).sessions) as session:
         return dict(session.get(Evaluation, evaluation_id).metrics)
+
+
+def _retention(metrics: dict[str, Any], dataset_round: dict[str, int]) -> dict[int, float | None]:
+    """Earlier round → its token accuracy now on its probe rows (the evaluation's `retention`)."""
+    return {dataset_round[k]: v.get("now", v.get("token_accuracy"))
+            for k, v in (metrics.get("retention") or {}).items() if k in dataset_round}
 
 
 def run_demo(base: Settings, options: DemoOptions, console: Console) -> tuple[list[CycleRow], Settings]:
@@ -88,14 +95,16 @@ def run_demo(base: Settings, options: DemoOptions, console: Console) -> tuple[li
             dataset_round[str(dataset_id)] = number
             metrics = _evaluation(settings, steps["evaluate"]["result"]["evaluation_id"])
             promote = steps["promote"]["result"]
+            headline = headline_of(metrics)
             row = CycleRow(
                 round=number,
                 dataset_id=dataset_id,
                 version=f"v{steps['train']['result']['version']}",
-                recall_exact=metrics.get("exact_match"),
-                recall_token=metrics.get("plasticity"),
-                retention={dataset_round[k]: v["token_accuracy"] for k, v in metrics.get("retention", {}).items()
-                           if k in dataset_round},
+                recall=headline["recall"],
+                exact_match=headline["exact_match"],
+                forgetting=headline["forgetting_max"],
+                general_retention=headline["general_retention"],
+                retention=_retention(metrics, dataset_round),
                 promoted="yes" if promote.get("status") == "promoted" else str(promote.get("status")),
             )
             if options.naive:
@@ -104,13 +113,16 @@ def run_demo(base: Settings, options: DemoOptions, console: Console) -> tuple[li
                 params.update({"parent_adapter_id": naive_parent} if naive_parent else {"fresh": True})
                 trained = run_job(settings, "train", params, console, timeout=options.timeout_per_step)
                 naive_parent = trained["adapter_id"]
-                evaluated = run_job(settings, "evaluate", {"adapter_id": naive_parent, "exact_match": False}, console,
+                # General retention is the default lineage's column: the naive one skips its cost.
+                evaluated = run_job(settings, "evaluate", {"adapter_id": naive_parent, "exact_match": False,
+                                                           "general_retention": False}, console,
                                     timeout=options.timeout_per_step)
                 naive = _evaluation(settings, evaluated["evaluation_id"])
-                row.naive_recall = naive.get("plasticity")
-                row.naive_retention = {dataset_round[k]: v["token_accuracy"]
-                                       for k, v in naive.get("retention", {}).items() if k in dataset_round}
+                row.naive_recall = headline_of(naive)["recall"]
+                row.naive_forgetting = headline_of(naive)["forgetting_max"]
+                row.naive_retention = _retention(naive, dataset_round)
             rows.append(row)
+            recall = "–" if row.recall is None else f"{row.recall:.2f}"
             console.print(f"round {number} done in {time.monotonic() - started:.0f}s "
-                          f"(recall {row.recall_exact if row.recall_exact is not None else '–'}, promoted: {row.promoted})")
+                          f"(recall {recall}, promoted: {row.promoted})")
     return rows, settings

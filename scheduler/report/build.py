@@ -32,19 +32,22 @@ def report_plots(data: ReportData, gate: draw.Gate | None = None) -> list[Plot]:
         Plot(
             f"accuracy_matrix_{_safe_name(lineage)}.png",
             f"Accuracy matrix: {lineage}",
-            "Answer accuracy of each version (rows) on each round's held-out data (columns). "
-            "The diagonal is what a cycle learned; the cells left of it show what it kept. Grey: not evaluated.",
+            "Token accuracy of each version (rows) on each round's probe rows (columns): rows taught in "
+            "that round and never replayed, so later cells show what was kept without rehearsal. The "
+            "diagonal is each round's first-taught score, the baseline of forgetting. Grey: not evaluated.",
             draw.accuracy_heatmap(data, lineage),
         )
         for lineage in data.lineages or {"default": []}
     ]
     plots += [
         Plot(
-            "forgetting_plasticity.png",
-            "Plasticity and forgetting per cycle",
-            "Left: accuracy on the data each cycle taught. Right: forgetting ratio (before - after) / before "
-            "over earlier data, max and mean. Dotted: the promotion gate.",
-            draw.forgetting_and_plasticity(data, gate),
+            "recall_forgetting_retention.png",
+            "Recall, forgetting and general retention per version",
+            "Left: recall, token accuracy on the rows each cycle taught. Middle: forgetting of earlier "
+            "rounds since first taught, (first - now) / first on their probe rows; solid the worst round, "
+            "dashed the mean over rounds. Right: general retention, the share of general questions the "
+            "base model answers right that the version still answers right. Dotted: the promotion gate.",
+            draw.recall_forgetting_retention(data, gate),
         ),
         Plot("loss_curves.png", "Training loss", "Training loss per step of each version.", draw.loss_curves(data)),
         Plot(

@@ -1,13 +1,17 @@
 """What the report shows, read from the database into plain dataclasses (no plotting here).
 
 Metrics shape the evaluate job writes into `Evaluation.metrics` (every key optional; read defensively
-so an older or partial row still renders):
+so an older or partial row still renders; see `workers.learning.evaluation` for the vocabulary):
 
-    accuracy_by_dataset: {dataset_id: accuracy in [0, 1]}   one row of the accuracy matrix
-    plasticity:          accuracy on the data this cycle taught
-    forgetting:          float, or {"max": float, "mean": float} over earlier datasets
-    kl_drift:            KL divergence from the base model
+    accuracy_matrix:     {"versions", "datasets", "matrix"}: token accuracy on each dataset's probe
+                         rows (taught, never replayed); the last row is this version's
+    recall:              {"token_accuracy", ...} on the rows this cycle taught
+    forgetting_max/mean: worst / mean (first taught − now) / first taught over earlier datasets
+    backward_transfer:   mean (now − first taught) over earlier datasets (negative = forgetting)
+    general_retention:   {"still_right", "agreement", "kl_drift", ...} against the base model
     train_loss_curve:    [float, ...]  (also read from Adapter.metadata_["train"]["loss_curve"])
+
+Older rows (`accuracy_by_dataset`, `plasticity`, a flat `forgetting`, `kl_drift`) still read.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ class VersionPoint:
     status: str
     dataset_ids: tuple[int, ...]
     accuracy_by_dataset: dict[int, float] = field(default_factory=dict)
-    plasticity: float | None = None
+    recall: float | None = None
     forgetting_max: float | None = None
     forgetting_mean: float | None = None
+    general_retention: float | None = None
+    backward_transfer: float | None = None
     kl_drift: float | None = None
     passed_gate: bool | None = None
     loss_curve: tuple[float, ...] = ()
@@ -112,10 +118,16 @@ def _dataset_key(key: Any) -> int | None:
 
 
 def accuracy_row(metrics: dict[str, Any], dataset_id: int | None) -> dict[int, float]:
-    """`accuracy_by_dataset` as {dataset_id: acc}; a mapping or a list of {dataset_id, accuracy} rows."""
+    """This version's row of the accuracy matrix as {dataset_id: acc}: the last row of
+    `accuracy_matrix`, else the older `accuracy_by_dataset` (a mapping or a list of rows)."""
     raw = metrics.get("accuracy_by_dataset")
+    table = metrics.get("accuracy_matrix")
     pairs: list[tuple[Any, Any]] = []
-    if isinstance(raw, dict):
+    if isinstance(table, dict) and isinstance(table.get("matrix"), list) and table["matrix"]:
+        last = table["matrix"][-1]
+        if isinstance(last, list) and isinstance(table.get("datasets"), list):
+            pairs = list(zip(table["datasets"], last))
+    elif isinstance(raw, dict):
         pairs = list(raw.items())
     elif isinstance(raw, list):
         pairs = [(item.get("dataset_id"), item.get("accuracy")) for item in raw if isinstance(item, dict)]
@@ -124,7 +136,7 @@ def accuracy_row(metrics: dict[str, Any], dataset_id: int | None) -> dict[int, f
         dataset, accuracy = _dataset_key(key), _number(value)
         if dataset is not None and accuracy is not None:
             row[dataset] = accuracy
-    # Plasticity is the accuracy on this cycle's own dataset: fill the diagonal when it is all we have.
+    # An old row's plasticity was the accuracy on its own dataset: fill the diagonal when it is all we have.
     plasticity = _number(metrics.get("plasticity"))
     if dataset_id is not None and dataset_id not in row and plasticity is not None:
         row[dataset_id] = plasticity
@@ -132,15 +144,14 @@ def accuracy_row(metrics: dict[str, Any], dataset_id: int | None) -> dict[int, f
 
 
 def forgetting_pair(metrics: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(max, mean) forgetting from a float, a {"max", "mean"} mapping, or flat `forgetting_max/mean` keys."""
+    """(max, mean) forgetting: the flat `forgetting_max`/`forgetting_mean` keys, else a {"max", "mean"}
+    mapping, else an old flat `forgetting` float, which was the max (the mean is then unknown, never
+    a copy of the max)."""
     raw = metrics.get("forgetting")
     if isinstance(raw, dict):
         return _number(raw.get("max")), _number(raw.get("mean"))
-    single = _number(raw)
-    return (
-        _number(metrics.get("forgetting_max")) if single is None else single,
-        _number(metrics.get("forgetting_mean")) if single is None else single,
-    )
+    worst, mean = _number(metrics.get("forgetting_max")), _number(metrics.get("forgetting_mean"))
+    return (_number(raw) if worst is None else worst), mean
 
 
 def loss_curve(adapter: Adapter, metrics: dict[str, Any]) -> tuple[float, ...]:
@@ -155,7 +166,10 @@ def loss_curve(adapter: Adapter, metrics: dict[str, Any]) -> tuple[float, ...]:
 
 
 def _version_point(adapter: Adapter, evaluation: Evaluation | None) -> VersionPoint:
+    from workers.evaluate.summary import summary
+
     metrics = evaluation.metrics if evaluation is not None and isinstance(evaluation.metrics, dict) else {}
+    headline = summary(metrics)
     forgetting_max, forgetting_mean = forgetting_pair(metrics)
     dataset_ids = tuple(d for d in (_dataset_key(x) for x in adapter.dataset_ids or []) if d is not None)
     # The dataset this cycle taught: the evaluation's, else the newest the adapter trained on.
@@ -170,10 +184,12 @@ def _version_point(adapter: Adapter, evaluation: Evaluation | None) -> VersionPo
         status=adapter.status,
         dataset_ids=dataset_ids,
         accuracy_by_dataset=accuracy_row(metrics, own_dataset),
-        plasticity=_number(metrics.get("plasticity")),
+        recall=_number(headline["recall"]),
         forgetting_max=forgetting_max,
         forgetting_mean=forgetting_mean,
-        kl_drift=_number(metrics.get("kl_drift")),
+        general_retention=_number(headline["general_retention"]),
+        backward_transfer=_number(headline["backward_transfer"]),
+        kl_drift=_number(headline["kl_drift"]),
         passed_gate=evaluation.passed_gate if evaluation is not None else None,
         loss_curve=loss_curve(adapter, metrics),
     )

@@ -38,7 +38,7 @@ figcaption { color: #555; font-size: 0.9rem; }
 _TEXT_COLUMNS = ("version", "created", "datasets", "gate", "status")
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
+def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
@@ -56,10 +56,12 @@ def summary_rows(data: ReportData) -> list[dict[str, str]]:
                 "version": point.label,
                 "created": point.created_at.strftime("%Y-%m-%d %H:%M"),
                 "datasets": ", ".join(str(d) for d in point.dataset_ids) or "–",
-                "plasticity": _fmt(point.plasticity),
+                "recall": _fmt(point.recall),
                 "forgetting max": _fmt(point.forgetting_max),
                 "forgetting mean": _fmt(point.forgetting_mean),
-                "KL drift": _fmt(point.kl_drift, 4),
+                "backward transfer": _fmt(point.backward_transfer),
+                "general retention": _fmt(point.general_retention),
+                "KL drift": _fmt(point.kl_drift, 3),
                 "final loss": _fmt(point.loss_curve[-1] if point.loss_curve else None),
                 "gate": _gate(point),
                 "status": point.status + (f" ({data.alias})" if point.label == holder else ""),

@@ -21,10 +21,19 @@ DPI = 110
 
 @dataclass(frozen=True)
 class Gate:
-    """Promotion thresholds, drawn as reference lines."""
+    """Promotion thresholds (`CONTINUUM_GATE_*`), drawn as a line on every panel a gate applies to."""
 
     max_forgetting: float | None = None
-    min_plasticity: float | None = None
+    min_recall: float | None = None
+    min_general_retention: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: object) -> "Gate":
+        return cls(
+            max_forgetting=getattr(settings, "gate_max_forgetting", None),
+            min_recall=getattr(settings, "gate_min_recall", None),
+            min_general_retention=getattr(settings, "gate_min_general_retention", None),
+        )
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -49,7 +58,8 @@ def _empty(title: str, message: str) -> bytes:
 
 
 def accuracy_heatmap(data: ReportData, lineage: str) -> bytes:
-    """Rows: versions of one lineage; columns: datasets (rounds); cells: answer accuracy."""
+    """Rows: versions of one lineage; columns: datasets (rounds); cells: token accuracy on the dataset's
+    probe rows (taught in its round, never replayed)."""
     points = data.lineages.get(lineage, [])
     datasets = [d for d in data.dataset_labels if any(d in p.accuracy_by_dataset for p in points)]
     title = f"Accuracy matrix: {lineage}"
@@ -71,7 +81,7 @@ def accuracy_heatmap(data: ReportData, lineage: str) -> bytes:
             if not math.isnan(value):
                 colour = "black" if value > 0.6 else "white"
                 axes.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
-    figure.colorbar(image, ax=axes, label="accuracy")
+    figure.colorbar(image, ax=axes, label="token accuracy (probe rows)")
     return _png(figure)
 
 
@@ -80,35 +90,39 @@ def _series(points: list[VersionPoint], attribute: str) -> tuple[list[int], list
     return [v for v, _ in pairs], [y for _, y in pairs]
 
 
-def forgetting_and_plasticity(data: ReportData, gate: Gate | None = None) -> bytes:
-    """Per cycle: accuracy on what it taught (plasticity) and forgetting of earlier data, per lineage."""
+def recall_forgetting_retention(data: ReportData, gate: Gate | None = None) -> bytes:
+    """Per version: recall of what it taught, forgetting of earlier data since first taught (max and
+    mean) and general retention against the base model; the gate's threshold on each panel."""
     lineages = {
         name: points
         for name, points in data.lineages.items()
-        if any(p.plasticity is not None or p.forgetting_max is not None for p in points)
+        if any(p.recall is not None or p.forgetting_max is not None or p.general_retention is not None
+               for p in points)
     }
     if not lineages:
-        return _empty("Plasticity and forgetting", "no evaluations yet")
+        return _empty("Recall, forgetting and general retention", "no evaluations yet")
     gate = gate or Gate()
-    figure = _new_figure(10, 3.6)
-    plasticity_axes, forgetting_axes = figure.subplots(1, 2)
+    figure = _new_figure(13, 3.6)
+    recall_axes, forgetting_axes, general_axes = figure.subplots(1, 3)
     for index, (name, points) in enumerate(lineages.items()):
         colour = f"C{index}"
-        x, y = _series(points, "plasticity")
-        plasticity_axes.plot(x, y, marker="o", color=colour, label=name)
-        x, y = _series(points, "forgetting_max")
-        forgetting_axes.plot(x, y, marker="o", color=colour, label=f"{name} (max)")
-        x, y = _series(points, "forgetting_mean")
-        forgetting_axes.plot(x, y, marker=".", linestyle="--", color=colour, label=f"{name} (mean)")
-    if gate.min_plasticity is not None:
-        plasticity_axes.axhline(gate.min_plasticity, color="#aa3333", linewidth=1, linestyle=":", label="gate")
-    if gate.max_forgetting is not None:
-        forgetting_axes.axhline(gate.max_forgetting, color="#aa3333", linewidth=1, linestyle=":", label="gate")
-    plasticity_axes.set(
-        title="Plasticity: accuracy on new data", xlabel="version", ylabel="accuracy", ylim=(-0.02, 1.02)
-    )
-    forgetting_axes.set(title="Forgetting of earlier data", xlabel="version", ylabel="(before - after) / before")
-    for axes in (plasticity_axes, forgetting_axes):
+        recall_axes.plot(*_series(points, "recall"), marker="o", color=colour, label=name)
+        forgetting_axes.plot(*_series(points, "forgetting_max"), marker="o", color=colour, label=f"{name} (max)")
+        forgetting_axes.plot(*_series(points, "forgetting_mean"), marker=".", linestyle="--", color=colour,
+                             label=f"{name} (mean)")
+        general_axes.plot(*_series(points, "general_retention"), marker="o", color=colour, label=name)
+    for axes, threshold in ((recall_axes, gate.min_recall), (forgetting_axes, gate.max_forgetting),
+                            (general_axes, gate.min_general_retention)):
+        if threshold is not None:
+            axes.axhline(threshold, color="#aa3333", linewidth=1, linestyle=":", label="gate")
+    recall_axes.set(title="Recall: what each cycle taught", xlabel="version", ylabel="token accuracy",
+                    ylim=(-0.02, 1.02))
+    forgetting_axes.axhline(0.0, color="#999999", linewidth=0.5)  # keeps "nothing forgotten" in view
+    forgetting_axes.set(title="Forgetting since first taught", xlabel="version",
+                        ylabel="(first - now) / first")
+    general_axes.set(title="General retention", xlabel="version", ylabel="base's right answers kept",
+                     ylim=(-0.02, 1.02))
+    for axes in (recall_axes, forgetting_axes, general_axes):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.legend(fontsize=8)

@@ -52,7 +52,8 @@ def test_demo_runs_two_cycles_through_a_real_worker_and_is_safe_to_run_twice(tmp
     first = _demo(home, "--rounds", "2", "--facts", "8", "--epochs", "2")
     cycles = first["cycles"]
     assert [c["round"] for c in cycles] == [1, 2] and [c["version"] for c in cycles] == ["v1", "v2"]
-    assert all(0.0 <= c["recall_token"] <= 1.0 for c in cycles)
+    assert all(0.0 <= c["recall"] <= 1.0 for c in cycles)
+    assert cycles[0]["forgetting"] is None  # a first round has nothing to forget: "–", never 0.0
     assert cycles[0]["retention"] == {} and set(cycles[1]["retention"]) == {"1"}  # round 2 measures round 1
     assert all(c["promoted"] in {"yes", "rejected"} for c in cycles)
     _check_report(first["report"])
@@ -63,10 +64,10 @@ def test_demo_runs_two_cycles_through_a_real_worker_and_is_safe_to_run_twice(tmp
     assert adapters[1]["lineage"] == [1, 2] and all(a["uri"].startswith("file://") for a in adapters)
     promoted = [c["round"] for c in cycles if c["promoted"] == "yes"]
     assert [a["version"] for a in adapters if a["production"]] == promoted[-1:]  # the last promoted one serves
-    assert [a["plasticity"] for a in adapters] == [c["recall_token"] for c in cycles]
+    assert [a["recall"] for a in adapters] == [c["recall"] for c in cycles]
 
     datasets = _listing(demo_home, "datasets", "list")
-    assert [d["rows"] for d in datasets] == [8, 8] and all(d["train"] + d["holdout"] == 8 for d in datasets)
+    assert [d["rows"] for d in datasets] == [8, 8] and all(d["train"] + d["probe"] + d["holdout"] == 8 for d in datasets)
     assert datasets[0]["feedback_ids"] == [1, 8] and datasets[1]["feedback_ids"] == [9, 16]
 
     runs = _listing(demo_home, "pipeline", "list")

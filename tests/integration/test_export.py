@@ -119,12 +119,13 @@ def test_shard_and_manifest_are_complete_and_consistent(backend):
     assert hashlib.sha256(raw).hexdigest() == manifest["sha256"] == dataset.sha256 == result.sha256
     assert manifest["files"]["data.jsonl.gz"] == {"size": len(raw), "sha256": dataset.sha256}
     assert manifest["counts"] == {
-        "claimed": 36, "written": 31, "train": dataset.num_train, "holdout": dataset.num_holdout,
-        "duplicates": 5, "skipped": 0, "min_feedback_id": 1, "max_feedback_id": 36,
+        "claimed": 36, "written": 31, "train": dataset.num_train, "probe": result.probe,
+        "holdout": dataset.num_holdout, "duplicates": 5, "skipped": 0, "min_feedback_id": 1, "max_feedback_id": 36,
     }
     assert manifest["feedback_id_range"] == [1, 36] == [dataset.min_feedback_id, dataset.max_feedback_id]
     assert manifest["schema_version"] == dataset.schema_version == 1
-    assert manifest["policy"]["thumbs_down_policy"] == "downweight"
+    assert manifest["policy"]["thumbs_down_policy"] == "unlikelihood"
+    assert (manifest["policy"]["probe_percent"], manifest["policy"]["split_key"]) == (20, "prompt")
     assert sorted(backend.store.list("datasets/")) == [
         f"datasets/{dataset.uid}/data.jsonl.gz", f"datasets/{dataset.uid}/manifest.json",
     ]
@@ -138,19 +139,25 @@ def test_shard_and_manifest_are_complete_and_consistent(backend):
         assert (line["prompt"], line["response"], line["feedback"], line["content_hash"]) == (
             stored.prompt, stored.response, stored.feedback, stored.content_hash,
         )
-        assert line["weight"] == (2.0 if stored.feedback == "thumbs_up" else 0.5)
-        assert line["unlikelihood"] is False
-        assert line["split"] == split_of(stored.content_hash, 20)
+        # Default policy: a thumbs-down row is never a positive target.
+        assert line["weight"] == (2.0 if stored.feedback == "thumbs_up" else 1.0)
+        assert line["unlikelihood"] is (stored.feedback == "thumbs_down")
+        assert line["split"] == split_of(stored.prompt, 20, 20)
         assert line["created_at"].endswith("+00:00")
     chat = next(line for line in lines if line["feedback_id"] == 36)
     assert chat["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hé"}]
     assert chat["response"] == "hé" and chat["prompt"] == "hi"
     assert sum(line["split"] == "holdout" for line in lines) == dataset.num_holdout > 0
+    assert sum(line["split"] == "probe" for line in lines) == result.probe > 0
+    assert dataset.num_train + result.probe + dataset.num_holdout == 31
 
     streamed = list(iter_dataset_rows(backend.store, dataset.uri))
     assert streamed == lines
     assert list(iter_dataset_rows(backend.store, f"datasets/{dataset.uid}", split="holdout")) == [
         line for line in lines if line["split"] == "holdout"
+    ]
+    assert list(iter_dataset_rows(backend.store, dataset.uri, split=("train", "probe"))) == [
+        line for line in lines if line["split"] != "holdout"
     ]
 
 
@@ -214,7 +221,7 @@ def test_below_minimum_is_skipped_and_leaves_rows_unclaimed(backend):
 
 @pytest.mark.parametrize(
     "policy, down_weight, down_unlikelihood, written, skipped",
-    [("skip", None, None, 20, 10), ("downweight", 0.25, False, 30, 0), ("unlikelihood", 1.0, True, 30, 0)],
+    [("skip", None, None, 20, 10), ("train_as_positive", 0.25, False, 30, 0), ("unlikelihood", 1.0, True, 30, 0)],
 )
 def test_thumbs_down_policies(backend, policy, down_weight, down_unlikelihood, written, skipped):
     backend.seed(rows(30))  # i % 3 == 0 → thumbs_down: 10 of 30
@@ -250,11 +257,42 @@ def test_postgres_renders_the_same_lines_as_the_python_writer(postgres_s3, sqlit
         lines = shard_lines(backend, dataset)
         decoded[backend.url.split(":")[0]] = (
             [{k: v for k, v in line.items() if k != "created_at"} for line in lines],
-            (result.claimed, result.rows, result.train, result.holdout, result.duplicates, result.skipped),
+            (result.claimed, result.rows, result.train, result.holdout, result.duplicates, result.skipped,
+             result.probe),
         )
     (pg_lines, pg_counts), (sqlite_lines, sqlite_counts) = decoded.values()
     assert pg_lines == sqlite_lines and len(pg_lines) == pg_counts[1]
     assert pg_counts == sqlite_counts and (pg_counts[0], pg_counts[4]) == (48, 6) and pg_counts[5] > 0
+
+
+def test_a_prompt_is_never_on_two_sides(backend):
+    """Many answers (and both judgements) to one prompt all land in one split — on both backends.
+
+    Keyed on prompt + response (or the content hash) the answers of one prompt would scatter over
+    train, probe and holdout, and holdout/probe scores would measure memorised prompts."""
+    sample = [
+        {"prompt": f"prompt {p}", "response": f"answer {a}", "feedback": "thumbs_up" if a % 4 else "thumbs_down"}
+        for p in range(40) for a in range(6)
+    ]
+    sample += [  # chat rows with the same conversation before the response share its split too
+        {"messages": [{"role": "user", "content": f"prompt {p}"}, {"role": "assistant", "content": f"chat {p}"}],
+         "feedback": "thumbs_up"} for p in range(40)
+    ]
+    backend.seed(sample)
+    result = export_feedback(backend.sessions, backend.store, config(), "job-prompts")
+    [dataset] = backend.datasets()
+    sides: dict[str, set[str]] = {}
+    for line in shard_lines(backend, dataset):
+        sides.setdefault(line["prompt"], set()).add(line["split"])
+    assert len(sides) == 40 and all(len(split) == 1 for split in sides.values()), sides
+    assert {next(iter(split)) for split in sides.values()} == {"train", "probe", "holdout"}
+    assert result.rows == 280 and result.train + result.probe + result.holdout == 280
+
+
+def test_the_renamed_downweight_policy_is_refused_with_its_new_name():
+    with pytest.raises(ValidationError, match="renamed 'train_as_positive'"):
+        ExportConfig.create(thumbs_down_policy="downweight")
+    assert ExportConfig.create().thumbs_down_policy.value == "unlikelihood"
 
 
 def test_dedup_within_batch_and_split_is_deterministic_across_exports(sqlite_local):

@@ -57,11 +57,21 @@ def populate(session) -> dict[str, int]:
             # JSON keys are strings, exactly as the evaluate job stores them.
             accuracy = {str(d.id): round(0.9 * keep ** (cycle - k), 3) for k, d in enumerate(datasets[: cycle + 1])}
             forgetting = round(1 - keep, 3) if cycle else 0.0
+            if lineage == "default":  # the evaluate job's vocabulary
+                metrics = {
+                    "recall": {"token_accuracy": 0.9}, "forgetting_max": forgetting or None,
+                    "forgetting_mean": forgetting / 2 or None,
+                    "general_retention": {"still_right": 0.97 - 0.01 * cycle, "kl_drift": 0.01 * (cycle + 1)},
+                    "backward_transfer": -0.04 * cycle or None,
+                    "accuracy_matrix": {"versions": [f"v{k + 1}" for k in range(cycle + 1)], "datasets": list(accuracy),
+                                        "matrix": [[None] * len(accuracy), list(accuracy.values())]},
+                }
+            else:  # an evaluation stored before it: still read
+                metrics = {"accuracy_by_dataset": accuracy, "plasticity": 0.9, "kl_drift": 0.01 * (cycle + 1),
+                           "forgetting": {"max": forgetting, "mean": forgetting / 2}}
             session.add(
                 Evaluation(
-                    adapter_id=adapter.id, dataset_id=dataset.id, passed_gate=forgetting <= 0.1,
-                    metrics={"accuracy_by_dataset": accuracy, "plasticity": 0.9, "kl_drift": 0.01 * (cycle + 1),
-                             "forgetting": {"max": forgetting, "mean": forgetting / 2}},
+                    adapter_id=adapter.id, dataset_id=dataset.id, passed_gate=forgetting <= 0.1, metrics=metrics,
                     created_at=T0 + timedelta(days=7 * cycle, hours=2),
                 )
             )
@@ -89,15 +99,16 @@ def report(migrated_sqlite_url, tmp_path):
     with sessions() as session:
         populate(session)
     with sessions() as session:
-        files = build_report(session, tmp_path / "report", gate=Gate(max_forgetting=0.1, min_plasticity=0.5))
+        files = build_report(session, tmp_path / "report", gate=Gate(max_forgetting=0.1, min_recall=0.5,
+                                                                         min_general_retention=0.9))
     return files
 
 
 def test_report_files_are_valid_images_and_data_is_right(report):
     names = sorted(p.name for p in report.pngs)
     assert names == [
-        "accuracy_matrix_default.png", "accuracy_matrix_naive.png", "forgetting_plasticity.png",
-        "loss_curves.png", "production_timeline.png",
+        "accuracy_matrix_default.png", "accuracy_matrix_naive.png", "loss_curves.png",
+        "production_timeline.png", "recall_forgetting_retention.png",
     ]
     for path in report.pngs:
         payload = path.read_bytes()
@@ -113,6 +124,11 @@ def test_report_files_are_valid_images_and_data_is_right(report):
     assert v3.forgetting_max == pytest.approx(0.45) and v3.forgetting_mean == pytest.approx(0.225)
     assert sorted(v3.accuracy_by_dataset.values()) == pytest.approx([0.272, 0.495, 0.9], abs=1e-3)
     assert len(v3.loss_curve) == 20
+    new = data.lineages["default"][2]
+    assert (new.recall, new.general_retention, new.kl_drift) == pytest.approx((0.9, 0.95, 0.03))
+    assert new.forgetting_max == pytest.approx(0.05) and new.forgetting_mean == pytest.approx(0.025)
+    assert sorted(new.accuracy_by_dataset.values()) == pytest.approx([0.812, 0.855, 0.9], abs=1e-3)
+    assert data.lineages["default"][0].forgetting_max is None  # a first cycle has nothing to forget: not 0
 
 
 def test_report_page_is_self_contained(report):
@@ -123,13 +139,16 @@ def test_report_page_is_self_contained(report):
     assert not re.search(r"(src|href)=\"(https?:)?//", html), "the page must not load anything from the network"
     assert "<script" not in html
     assert "default@v2" in html and "forgetting 0.450" not in html  # reasons stay in the DB, not the summary
+    assert "plasticity" not in html.lower() and "held-out data" not in html
+    assert "probe rows" in html and "never replayed" in html and "general retention" in html
+    assert "backward transfer" in html and "-0.08" in html
 
 
 def test_metric_readers_tolerate_other_shapes():
     assert accuracy_row({"accuracy_by_dataset": [{"dataset_id": 2, "accuracy": 0.5}, {"bad": 1}]}, None) == {2: 0.5}
     assert accuracy_row({"plasticity": 0.7}, 4) == {4: 0.7}
     assert accuracy_row({"accuracy_by_dataset": {"x": 1, "3": "nan", "5": float("nan")}}, None) == {}
-    assert forgetting_pair({"forgetting": 0.2}) == (0.2, 0.2)
+    assert forgetting_pair({"forgetting": 0.2}) == (0.2, None)  # an old flat value was the max, not the mean
     assert forgetting_pair({"forgetting_max": 0.3}) == (0.3, None)
     assert forgetting_pair({}) == (None, None)
 

@@ -6,17 +6,29 @@ and the reader the learning engine's replay uses. The Celery task wrapping `expo
 
 from workers.export.config import ExportConfig
 from workers.export.logic import ExportResult, dataset_prefix, dataset_uid, export_feedback
-from workers.export.shard import SCHEMA_VERSION, SHARD_NAME, iter_dataset_rows, read_dataset_manifest, split_of
+from workers.export.shard import (
+    SCHEMA_VERSION,
+    SHARD_NAME,
+    SPLITS,
+    TAUGHT_SPLITS,
+    iter_dataset_rows,
+    prompt_bucket,
+    read_dataset_manifest,
+    split_of,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "SHARD_NAME",
+    "SPLITS",
+    "TAUGHT_SPLITS",
     "ExportConfig",
     "ExportResult",
     "dataset_prefix",
     "dataset_uid",
     "export_feedback",
     "iter_dataset_rows",
+    "prompt_bucket",
     "read_dataset_manifest",
     "split_of",
 ]

@@ -69,6 +69,7 @@ class ExportResult:
     claimed: int = 0
     rows: int = 0
     train: int = 0
+    probe: int = 0
     holdout: int = 0
     duplicates: int = 0
     skipped: int = 0
@@ -99,6 +100,7 @@ def _result_from_row(row: Dataset, reason: str) -> ExportResult:
         claimed=row.num_rows + row.num_duplicates + row.num_skipped,
         rows=row.num_rows,
         train=row.num_train,
+        probe=row.num_rows - row.num_train - row.num_holdout,  # not a column: the rest of the rows
         holdout=row.num_holdout,
         duplicates=row.num_duplicates,
         skipped=row.num_skipped,
@@ -247,6 +249,7 @@ def _claim_and_publish(
         claimed=claimed,
         rows=counts.written,
         train=counts.train,
+        probe=counts.probe,
         holdout=counts.holdout,
         duplicates=counts.duplicates,
         skipped=counts.skipped,

@@ -5,7 +5,7 @@ column into a Python object) was the largest client cost. Here the claim stateme
 batch's counts, and one `COPY (SELECT <json line> …) TO STDOUT` streams finished JSONL bytes that the
 client only gzips and uploads. The lines are the same format `shard.ShardWriter` writes (SQLite's path):
 same keys and order, same weights, same dedup rule (the first row, lowest id, of each content hash in
-(content_hash, id) order) and the same split (`shard.split_of`).
+(content_hash, id) order) and the same split (`shard.split_of`, keyed on the prompt).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from common.errors import PermanentError
 from workers.export.config import ExportConfig
 from workers.export.shard import ShardCounts, line_encoding
 
-# `split_of` in SQL: the first 8 hex digits of the hash as an unsigned 32-bit number, mod 100.
-_HOLDOUT = "(('x' || substr(content_hash, 1, 8))::bit(32)::bigint % 100 < {percent})"
+# `shard.prompt_bucket` in SQL: the first 4 bytes of sha256(prompt) as an unsigned 32-bit number, mod 100.
+_BUCKET = "(('x' || left(encode(sha256(convert_to(prompt, 'UTF8')), 'hex'), 8))::bit(32)::bigint % 100)"
 # Dedup runs over the batch in (content_hash, id) byte order, as the Python writer reads it.
 _FIRST_OF_HASH = (
     'content_hash IS DISTINCT FROM lag(content_hash) OVER (ORDER BY content_hash COLLATE "C", id) AS first_of_hash'
@@ -66,7 +66,8 @@ def shard_lines_sql(config: ExportConfig, dataset_id: int, low: int, high: int) 
     kept = _kept_feedback(config)
     weight = " ".join(f"WHEN '{value}' THEN '{encoded[0]}'" for value, encoded in kept.items())
     unlikelihood = " ".join(f"WHEN '{value}' THEN '{encoded[1]}'" for value, encoded in kept.items())
-    holdout = _HOLDOUT.format(percent=int(config.holdout_percent))
+    holdout = int(config.holdout_percent)
+    probe_limit = holdout + int(config.probe_percent)
     line = f"""'{{"feedback_id":' || id
         || ',"prompt":' || to_json(prompt)::text
         || ',"response":' || to_json(response)::text
@@ -74,7 +75,8 @@ def shard_lines_sql(config: ExportConfig, dataset_id: int, low: int, high: int) 
         || ',"feedback":"' || feedback
         || '","weight":' || CASE feedback {weight} END
         || ',"unlikelihood":' || CASE feedback {unlikelihood} END
-        || ',"split":"' || CASE WHEN {holdout} THEN 'holdout' ELSE 'train' END
+        || ',"split":"' || CASE WHEN bucket < {holdout} THEN 'holdout'
+                                WHEN bucket < {probe_limit} THEN 'probe' ELSE 'train' END
         || '","content_hash":"' || content_hash
         || '","created_at":"' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
         || '"}}'"""
@@ -84,7 +86,8 @@ def shard_lines_sql(config: ExportConfig, dataset_id: int, low: int, high: int) 
         SELECT CASE WHEN NOT first_of_hash THEN 'D' WHEN feedback NOT IN ({_sql_list(list(kept))}) THEN 'S'
                     ELSE {line} END
         FROM (
-            SELECT id, prompt, response, messages, feedback, content_hash, created_at, {_FIRST_OF_HASH}
+            SELECT id, prompt, response, messages, feedback, content_hash, created_at, {_FIRST_OF_HASH},
+                   {_BUCKET} AS bucket
             FROM feedback WHERE id BETWEEN {int(low)} AND {int(high)} AND dataset_id = {int(dataset_id)}
         ) batch
         ORDER BY content_hash COLLATE "C", id
@@ -104,7 +107,7 @@ def stream_shard(driver, sql: str, counts: ShardCounts, chunk_bytes: int = 1 << 
     calls few while holding only one chunk in memory.
     """
     parts: list[bytes] = []
-    size = claimed = duplicates = skipped = holdout = 0
+    size = claimed = duplicates = skipped = holdout = probe = 0
     with driver.cursor() as cursor, cursor.copy(sql) as copy:
         for message in copy:
             data = bytes(message)
@@ -120,20 +123,24 @@ def stream_shard(driver, sql: str, counts: ShardCounts, chunk_bytes: int = 1 << 
                     f"feedback row rendered as a non-JSON line ({data[:60]!r}…): re-store its messages as compact JSON"
                 )
             # The split is the LAST "split" key of the line: only a hash and a timestamp follow it.
-            if data[data.rfind(_SPLIT) + len(_SPLIT)] == 0x68:  # the "h" of "holdout"
+            first = data[data.rfind(_SPLIT) + len(_SPLIT)]
+            if first == 0x68:  # the "h" of "holdout"
                 holdout += 1
+            elif first == 0x70:  # the "p" of "probe"
+                probe += 1
             parts.append(data)
             size += len(data)
             if size >= chunk_bytes:
                 yield b"".join(parts)
                 parts, size = [], 0
-                _record(counts, claimed, duplicates, skipped, holdout)
+                _record(counts, claimed, duplicates, skipped, holdout, probe)
     if parts:
         yield b"".join(parts)
-    _record(counts, claimed, duplicates, skipped, holdout)
+    _record(counts, claimed, duplicates, skipped, holdout, probe)
 
 
-def _record(counts: ShardCounts, claimed: int, duplicates: int, skipped: int, holdout: int) -> None:
+def _record(counts: ShardCounts, claimed: int, duplicates: int, skipped: int, holdout: int, probe: int) -> None:
     counts.claimed, counts.duplicates, counts.skipped = claimed, duplicates, skipped
     counts.written = claimed - duplicates - skipped
-    counts.holdout, counts.train = holdout, counts.written - holdout
+    counts.holdout, counts.probe = holdout, probe
+    counts.train = counts.written - holdout - probe

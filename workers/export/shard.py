@@ -2,7 +2,12 @@
 
 Each line is one training sample:
 ``{"feedback_id", "prompt", "response", "messages", "feedback", "weight", "unlikelihood",
-"split": "train"|"holdout", "content_hash", "created_at"}``.
+"split": "train"|"probe"|"holdout", "content_hash", "created_at"}``.
+
+Splits (chosen by `prompt_bucket`, a hash of the conversation before the response, so one prompt is
+never on two sides): `train` is taught and later replayed; `probe` is taught in its own cycle and
+never replayed, so later cycles measure retention on it honestly; `holdout` is never trained
+(generalisation). Shards written before the probe split simply have no `probe` rows.
 
 The writer takes rows ordered by (content_hash, id) so an exact duplicate is simply "same hash as the
 previous row" — constant memory, where a set of seen hashes would grow with the batch. The hot loop
@@ -30,9 +35,20 @@ from common.objectstore.keys import join
 from common.settings import FeedbackPolicy
 from workers.export.config import ExportConfig
 
+# The split hashes every row's prompt in the export's hot loop. CPython's built-in sha256 is about twice
+# as fast as OpenSSL's on short texts (object set-up dominates); the digest is the same either way.
+try:
+    from _sha256 import sha256 as _sha256  # CPython 3.11
+except ImportError:  # pragma: no cover - other interpreters
+    try:
+        from _sha2 import sha256 as _sha256  # CPython 3.12+
+    except ImportError:
+        from hashlib import sha256 as _sha256
+
 SCHEMA_VERSION = 1
 SHARD_NAME = "data.jsonl.gz"
-SPLITS = ("train", "holdout")
+SPLITS = ("train", "probe", "holdout")
+TAUGHT_SPLITS = ("train", "probe")  # what a cycle trains on; replay reads only "train"
 
 _LINE = (
     '{"feedback_id":%d,"prompt":%s,"response":%s,"messages":%s,"feedback":"%s","weight":%s,'
@@ -40,9 +56,22 @@ _LINE = (
 )
 
 
-def split_of(content_hash: str, holdout_percent: int) -> str:
-    """Deterministic split: the same content always lands on the same side, in every export."""
-    return "holdout" if int(content_hash[:8], 16) % 100 < holdout_percent else "train"
+def prompt_bucket(prompt: str) -> int:
+    """0-99 from the sha256 of the prompt text (the feedback row's `prompt`: the whole conversation
+    before the judged response, rendered by `common.feedback.schema.render_prompt`).
+
+    Keyed on the prompt alone, not the response or the feedback, so every answer to one prompt lands
+    in the same split, in every export. Postgres computes the same number in SQL
+    (`workers.export.postgres._BUCKET`)."""
+    return int.from_bytes(_sha256(prompt.encode("utf-8")).digest()[:4], "big") % 100
+
+
+def split_of(prompt: str, holdout_percent: int, probe_percent: int = 0) -> str:
+    """Deterministic split of a prompt: buckets [0, holdout) → holdout, then `probe_percent` → probe."""
+    bucket = prompt_bucket(prompt)
+    if bucket < holdout_percent:
+        return "holdout"
+    return "probe" if bucket < holdout_percent + probe_percent else "train"
 
 
 @dataclass
@@ -52,6 +81,7 @@ class ShardCounts:
     claimed: int = 0
     written: int = 0
     train: int = 0
+    probe: int = 0
     holdout: int = 0
     duplicates: int = 0
     skipped: int = 0
@@ -121,7 +151,7 @@ def line_encoding(config: ExportConfig) -> dict[str, tuple[str, str] | None]:
         down = None
     elif config.thumbs_down_policy is FeedbackPolicy.unlikelihood:
         down = ("1.0", "true")
-    else:
+    else:  # train_as_positive: the disliked response is learned as a target (opt-in only)
         down = (repr(float(config.thumbs_down_weight)), "false")
     return {"thumbs_up": (repr(float(config.thumbs_up_weight)), "false"), "thumbs_down": down}
 
@@ -142,6 +172,7 @@ class ShardWriter:
             _BackgroundCompressor(self._gzip) if background else self._gzip
         )
         self._holdout_percent = config.holdout_percent
+        self._probe_limit = config.holdout_percent + config.probe_percent
         self._encoding = line_encoding(config)
         self._previous_hash: str | None = None
         self.counts = ShardCounts()
@@ -151,12 +182,15 @@ class ShardWriter:
         counts = self.counts
         encoding = self._encoding
         holdout_percent = self._holdout_percent
+        probe_limit = self._probe_limit
+        sha256 = _sha256
+        from_bytes = int.from_bytes
         previous = self._previous_hash
         lo = counts.min_feedback_id
         hi = counts.max_feedback_id
         lines: list[str] = []
         append = lines.append
-        holdout = 0
+        holdout = probe = 0
         for feedback_id, prompt, response, messages, feedback, chash, created_at in rows:
             if lo is None or feedback_id < lo:
                 lo = feedback_id
@@ -170,9 +204,13 @@ class ShardWriter:
             if encoded is None:
                 counts.skipped += 1
                 continue
-            if int(chash[:8], 16) % 100 < holdout_percent:
+            bucket = from_bytes(sha256(prompt.encode("utf-8")).digest()[:4], "big") % 100  # prompt_bucket
+            if bucket < holdout_percent:
                 split = "holdout"
                 holdout += 1
+            elif bucket < probe_limit:
+                split = "probe"
+                probe += 1
             else:
                 split = "train"
             append(
@@ -193,7 +231,8 @@ class ShardWriter:
         counts.claimed += len(rows)
         counts.written += len(lines)
         counts.holdout += holdout
-        counts.train += len(lines) - holdout
+        counts.probe += probe
+        counts.train += len(lines) - holdout - probe
         counts.min_feedback_id, counts.max_feedback_id = lo, hi
         self._previous_hash = previous
         if lines:
@@ -266,14 +305,18 @@ def read_dataset_manifest(store: ObjectStore, dataset: str) -> dict[str, Any]:
         raise ObjectNotFound(f"no complete dataset at {prefix!r} (manifest missing): export it again") from None
 
 
-def iter_dataset_rows(store: ObjectStore, dataset: str, split: str | None = None) -> Iterator[dict[str, Any]]:
-    """Stream a dataset's rows back (constant memory), optionally only one split.
+def iter_dataset_rows(
+    store: ObjectStore, dataset: str, split: str | tuple[str, ...] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Stream a dataset's rows back (constant memory), optionally only one split or a tuple of splits
+    (training reads `TAUGHT_SPLITS`; replay reads only "train"; retention reads "probe").
 
     The shard's sha256 is checked against the manifest as the stream ends; a mismatch raises
     PermanentError after the last row (a replay reading a corrupt shard fails instead of going on).
     """
-    if split is not None and split not in SPLITS:
-        raise PermanentError(f"split must be one of {SPLITS} or None, got {split!r}")
+    wanted = (split,) if isinstance(split, str) else split
+    if wanted is not None and (not wanted or any(s not in SPLITS for s in wanted)):
+        raise PermanentError(f"split must be one of {SPLITS}, a tuple of them, or None; got {split!r}")
     prefix = _prefix_of(store, dataset)
     manifest = read_dataset_manifest(store, prefix)
     if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -286,7 +329,7 @@ def iter_dataset_rows(store: ObjectStore, dataset: str, split: str | None = None
         with gzip.GzipFile(fileobj=hashing, mode="rb") as text:
             for line in text:
                 row = json.loads(line)
-                if split is None or row["split"] == split:
+                if wanted is None or row["split"] in wanted:
                     yield row
         while hashing.read(1 << 20):  # hash any bytes gzip did not need (there should be none)
             pass

@@ -1,8 +1,12 @@
 """The `fisher` job: the diagonal empirical Fisher of the current adapter for the next cycle's EWC.
 
 Computed at the parent adapter on a bounded sample of what it was last taught, folded online into the
-Fisher its own parent carried (`F ← γ F_old + F_new`), stored as safetensors under a job-scoped key.
-A recipe without Fisher-weighted EWC, or a lineage with no adapter yet, ends `skipped` with the reason.
+Fisher its own parent carried (`F ← γ F_old + F_new`, the chain's normalisation scale kept), stored as
+safetensors under a job-scoped key. It is computed for the `train` step that will read it: the same
+recipe, recipe overrides and adapter lineage (the pipeline passes `steps.train`'s values here), and the
+artifact records the adapter id, parameter space, base model and recipe, so `train` can refuse a
+Fisher that belongs to something else. A recipe without Fisher-weighted EWC, a lineage with no adapter
+yet, or a `train` step that starts a fresh adapter ends `skipped` with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ class FisherJobParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     adapter_id: int | None = Field(None, description="Adapter to measure; default: production, else newest.")
+    adapter_name: str | None = Field(None, description="Lineage whose parent is measured; default: settings.")
     recipe: str | None = Field(None, description="Recipe whose EWC settings decide the Fisher's space.")
+    recipe_overrides: dict[str, Any] = Field(default_factory=dict, description="As the train step's.")
+    fresh: bool = Field(False, description="The train step starts a fresh adapter: nothing to measure.")
     max_samples: int | None = Field(None, ge=1, description="Default: settings.fisher_max_samples.")
     force: bool = Field(False, description="Compute even when the recipe does not use a Fisher.")
 
@@ -36,32 +43,38 @@ def run(ctx: JobContext) -> dict[str, Any]:
     params: FisherJobParams = parse_params(ctx.params, FisherJobParams)
     from workers.learning.continual import recipe
 
-    continual = recipe(params.recipe or ctx.settings.recipe)
+    recipe_name = params.recipe or ctx.settings.recipe
+    continual = recipe(recipe_name, **params.recipe_overrides)
     with session_scope(ctx.sessions) as session:
         done = session.scalars(select(FisherArtifact).where(FisherArtifact.job_id == ctx.job_id)).first()
         if done is not None:
             return {"status": "computed", "fisher_id": done.id}
+        if params.fresh:
+            return {"status": "skipped", "reason": "the train step starts a fresh adapter: no parent to protect"}
         adapter = (
             get_adapter(session, params.adapter_id)
             if params.adapter_id is not None
-            else current_parent(session, ctx.settings.adapter_name)
+            else current_parent(session, params.adapter_name or ctx.settings.adapter_name)
         )
         if adapter is None:
             return {"status": "skipped", "reason": "no adapter yet: the first cycle has nothing to protect"}
         if not (continual.needs_fisher or params.force):
-            return {"status": "skipped", "reason": f"recipe {params.recipe or ctx.settings.recipe!r} uses no Fisher"}
+            return {"status": "skipped", "reason": f"recipe {recipe_name!r} uses no Fisher"}
         keys = [d.manifest_key for d in datasets_by_id(session, list(adapter.dataset_ids))]
         grandparent = session.get(type(adapter), adapter.parent_id) if adapter.parent_id else None
         previous_row = latest_fisher_for(session, grandparent)
         previous_ref = (previous_row.id, previous_row.uri) if previous_row is not None else None
 
     from workers.export.shard import iter_dataset_rows
+    from workers.learning.fisher import batches_for_rows, compute_fisher
     from workers.learning.fisher_artifact import FisherArtifact as FisherValues
-    from workers.learning.fisher import batches_for_rows, combine_online, compute_fisher
+    from workers.learning.fisher_artifact import can_fold, fold
     from workers.learning.lora import attach_adapter
     from workers.learning.replay import reservoir_sample
 
     limit = params.max_samples or ctx.settings.fisher_max_samples
+    # The `train` split only: probe rows are kept out of everything that later cycles train on or
+    # are protected by, so forgetting measured on them stays honest.
     rows = reservoir_sample(
         itertools.chain.from_iterable(iter_dataset_rows(ctx.store, key, split="train") for key in keys),
         limit,
@@ -74,16 +87,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
         ctx.report_progress({"step": 0, "total": len(rows), "stage": "fisher"})
         batches = batches_for_rows(rows, loaded.tokenizer, batch_size=8, max_length=256)
         new = compute_fisher(model, batches, mode=continual.fisher_mode, space=continual.ewc_space)
-    if previous is not None and previous.space != continual.ewc_space:
-        previous = None
-    artifact = FisherValues(
-        values=combine_online(previous.values if previous else None, new, continual.ewc_gamma),
-        num_samples=len(rows) + (previous.num_samples if previous else 0),
-        mode=continual.fisher_mode,
-        space=continual.ewc_space,
-        gamma=continual.ewc_gamma,
-        base_model_id=loaded.base_model,
-    )
+    artifact = fold(previous, new, num_samples=len(rows), mode=continual.fisher_mode, space=continual.ewc_space,
+                    gamma=continual.ewc_gamma, base_model_id=loaded.base_model, adapter_id=adapter.id,
+                    recipe={"name": recipe_name, **continual.to_dict()})
+    folded = can_fold(previous, continual.ewc_space, loaded.base_model)
     key = f"fisher/{ctx.job_id}/fisher.safetensors"
     ctx.store.put_bytes(key, artifact.to_bytes())  # one object: the put itself is atomic
     with session_scope(ctx.sessions) as session:
@@ -92,14 +99,15 @@ def run(ctx: JobContext) -> dict[str, Any]:
             done = FisherArtifact(
                 uri=key,
                 adapter_id=adapter.id,
-                previous_id=previous_ref[0] if previous_ref else None,
+                previous_id=previous_ref[0] if folded else None,
                 dataset_ids=list(adapter.dataset_ids),
                 num_samples=artifact.num_samples,
-                mode="online" if previous is not None else "empirical",
+                mode="online" if folded else "empirical",
                 gamma=continual.ewc_gamma,
                 base_model=loaded.base_model,
                 job_id=ctx.job_id,
             )
             session.add(done)
             session.flush()
-        return {"status": "computed", "fisher_id": done.id, "samples": artifact.num_samples}
+        return {"status": "computed", "fisher_id": done.id, "samples": artifact.num_samples,
+                "adapter_id": adapter.id, "space": artifact.space, "scale": artifact.scale}

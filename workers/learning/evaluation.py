@@ -1,12 +1,20 @@
 """What a cycle taught and what it kept, as a JSON-ready dict the evaluation row stores.
 
-- *Plasticity*: recall on the rows this cycle trained on — answer token accuracy under teacher forcing
-  and exact match of greedy answers (for taught facts, recall *is* plasticity).
-- *Holdout*: NLL (and token accuracy) on the new data's held-out rows: a generalisation signal.
-- *Retention*: token accuracy on rows earlier cycles taught; with their accuracy right after they were
-  taught ("before") this gives the forgetting ratio ``(before − after)/before`` and backward transfer.
-- *KL drift*: mean ``KL(p_base ‖ p_adapted)`` on a fixed anchor prompt set (adapter switched off for
-  the base, no second model).
+One vocabulary (the evaluate job, the gate, the CLI, the report and the README use these names):
+
+- *recall*: teacher-forced answer token accuracy (and NLL) on the positive rows this cycle taught
+  (its `train` + `probe` rows; thumbs-down rows are never recall). Exact match of greedy answers
+  against the whole reference is opt-in (short-answer data only).
+- *generalisation*: NLL and token accuracy on the cycle's `holdout` rows (never trained), for the
+  candidate and its parent (the base model, adapter off, on a first cycle); ``nll_gain`` = parent −
+  candidate NLL, positive when the cycle generalised.
+- *retention*: each earlier dataset scored on its `probe` rows (taught once, never replayed) against
+  the score it had when first taught (``first``, stored by the job): forgetting = (first − now)/first.
+  Scored against the parent instead, losing a little per cycle would pass forever.
+- *suppression*: on the thumbs-down rows this cycle taught, how far the mean per-token log-prob of the
+  disliked response fell against the parent (positive = pushed down).
+- *general retention*: `workers.learning.general_retention` (the base's right answers still right,
+  agreement with the base, KL drift from it).
 
 Every set is cut to a bounded, deterministic sample (chosen by a hash of the row, so the same rows are
 scored in every version and cost does not grow with history).
@@ -14,10 +22,11 @@ scored in every version and cost does not grow with history).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,7 +46,7 @@ class EvalSettings:
     max_anchor_prompts: int = 32
     batch_size: int = 16
     max_length: int = 256
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # general-retention answers; exact match sizes its budget from the references
     seed: int = 0
 
 
@@ -80,13 +89,15 @@ def teacher_forced_scores(model: Any, tokenizer: Any, rows: Sequence[Row], setti
 
 
 def greedy_exact_match(model: Any, tokenizer: Any, rows: Sequence[Row], settings: EvalSettings = EvalSettings()) -> float:
-    """Share of rows whose greedy answer (`generation.generate_answers`) equals the taught response."""
+    """Share of rows whose greedy answer (`generation.generate_answers`) equals the WHOLE taught response.
+
+    The token budget comes from the longest reference (never `settings.max_new_tokens`): a cut answer
+    would score 0 however right it was."""
     if not rows:
         return float("nan")
     from workers.learning.generation import exact_match, generate_answers
 
-    answers = generate_answers(model, tokenizer, list(rows), max_new_tokens=settings.max_new_tokens,
-                               batch_size=settings.batch_size)
+    answers = generate_answers(model, tokenizer, list(rows), max_new_tokens=None, batch_size=settings.batch_size)
     return exact_match(answers, list(rows))
 
 
@@ -141,47 +152,122 @@ def accuracy_matrix(results: Mapping[str, Mapping[str, float]], versions: Sequen
     }
 
 
+def is_positive(row: Row) -> bool:
+    """A row whose response is a target to learn: not thumbs-down (under any policy), not unlikelihood."""
+    return not row.get("unlikelihood") and row.get("feedback") != "thumbs_down"
+
+
+def base_scope(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """The base model: the adapter switched off (a model without an adapter is its own base)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if disable is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def mean_response_logprob(model: Any, tokenizer: Any, rows: Sequence[Row], settings: EvalSettings = EvalSettings()) -> float:
+    """Mean over rows of each row's mean per-token log-prob of its response (teacher forcing)."""
+    if not rows:
+        return float("nan")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        for batch in batches_for_rows(list(rows), tokenizer, settings.batch_size, settings.max_length):
+            ids = batch["input_ids"].to(device)
+            logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
+            targets = batch["labels"][:, 1:].to(device)  # (B, T-1)
+            mask = targets != -100
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            per_row = (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (B,)
+            total += float(per_row.sum())
+    finally:
+        model.train(was_training)
+    return total / len(rows)
+
+
+def recall_scores(model: Any, tokenizer: Any, rows: Sequence[Row], settings: EvalSettings, exact_match: bool) -> dict[str, Any]:
+    """recall {token_accuracy, nll, exact_match (None unless asked), samples} on positive rows."""
+    scores = teacher_forced_scores(model, tokenizer, rows, settings)
+    result = {k: scores[k] for k in ("token_accuracy", "nll", "samples")}
+    result["exact_match"] = (
+        greedy_exact_match(model, tokenizer, bounded_sample(rows, settings.max_exact_match, settings.seed), settings)
+        if exact_match and rows else None
+    )
+    return result
+
+
 def evaluate_cycle(
     model: Any,
     tokenizer: Any,
-    trained_rows: Sequence[Row],
+    taught_rows: Sequence[Row],
     holdout_rows: Sequence[Row] = (),
-    earlier: Mapping[str, Sequence[Row]] | None = None,
-    before: Mapping[str, float] | None = None,
-    anchor_rows: Sequence[Row] = (),
+    probe_rows: Sequence[Row] = (),
+    earlier_probe: Mapping[str, Sequence[Row]] | None = None,
+    first: Mapping[str, float | None] | None = None,
+    parent: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     settings: EvalSettings = EvalSettings(),
-    with_exact_match: bool = True,
+    exact_match: bool = False,
+    general: tuple[Sequence[Mapping[str, Any]], Sequence[str]] | None = None,
+    base_answers: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The evaluation dict of one cycle (see the module docstring); deterministic for fixed inputs.
 
-    `earlier` maps an earlier dataset's name to its rows; `before` maps it to its token accuracy when
-    it was taught (the version that trained it), from that version's evaluation.
+    `taught_rows`: the new data's train + probe rows (any feedback); `probe_rows`: its probe rows (the
+    score stored as "first taught"); `earlier_probe`: each earlier dataset's probe rows by name, with
+    `first` its stored first-taught score; `parent()`: a context in which `model` is the parent
+    (default: the base, adapter off); `general`: (questions, prompts) for general retention, with the
+    base's answers to them when already known (`general_retention.compute_base_answers`).
     """
     cap = settings.max_samples
-    trained = bounded_sample(trained_rows, cap, settings.seed)
-    plasticity = teacher_forced_scores(model, tokenizer, trained, settings)
-    if with_exact_match:
-        plasticity["exact_match"] = greedy_exact_match(model, tokenizer, bounded_sample(trained, settings.max_exact_match, settings.seed), settings)
-    report: dict[str, Any] = {"plasticity": plasticity}
-    if holdout_rows:
-        report["holdout"] = teacher_forced_scores(model, tokenizer, bounded_sample(holdout_rows, cap, settings.seed), settings)
+    parent = parent or (lambda: base_scope(model))
+    positive = bounded_sample([r for r in taught_rows if is_positive(r)], cap, settings.seed)
+    disliked = bounded_sample([r for r in taught_rows if not is_positive(r)], cap, settings.seed)
+    holdout = bounded_sample([r for r in holdout_rows if is_positive(r)], cap, settings.seed)
+    probe = bounded_sample([r for r in probe_rows if is_positive(r)], cap, settings.seed)
+
+    report: dict[str, Any] = {"recall": recall_scores(model, tokenizer, positive, settings, exact_match)}
+    own = teacher_forced_scores(model, tokenizer, probe, settings)
+    report["recall_probe"] = {"token_accuracy": own["token_accuracy"], "nll": own["nll"], "samples": own["samples"]}
+
+    candidate_holdout = teacher_forced_scores(model, tokenizer, holdout, settings)
+    candidate_disliked = mean_response_logprob(model, tokenizer, disliked, settings)
     retention: dict[str, Any] = {}
-    for name, rows in (earlier or {}).items():
-        scores = teacher_forced_scores(model, tokenizer, bounded_sample(rows, cap, settings.seed), settings)
-        entry = {"token_accuracy": scores["token_accuracy"], "nll": scores["nll"], "samples": scores["samples"]}
-        if before and name in before:
-            entry["before"] = before[name]
-            entry["forgetting"] = forgetting_ratio(before[name], scores["token_accuracy"])
-        retention[name] = entry
+    for name, rows in (earlier_probe or {}).items():
+        kept = bounded_sample([r for r in rows if is_positive(r)], cap, settings.seed)
+        now = teacher_forced_scores(model, tokenizer, kept, settings)["token_accuracy"] if kept else None
+        before = (first or {}).get(name)
+        retention[name] = {
+            "first": before,
+            "now": now,
+            "forgetting": None if before is None or now is None else forgetting_ratio(before, now),
+            "samples": len(kept),
+        }
+    with parent():
+        parent_holdout = teacher_forced_scores(model, tokenizer, holdout, settings)
+        parent_disliked = mean_response_logprob(model, tokenizer, disliked, settings)
+    report["generalisation"] = {
+        "nll": candidate_holdout["nll"],
+        "token_accuracy": candidate_holdout["token_accuracy"],
+        "parent_nll": parent_holdout["nll"],
+        "parent_token_accuracy": parent_holdout["token_accuracy"],
+        "nll_gain": parent_holdout["nll"] - candidate_holdout["nll"],  # NaN (→ None) without holdout rows
+        "samples": len(holdout),
+    }
     report["retention"] = retention
-    forgettings = [e["forgetting"] for e in retention.values() if "forgetting" in e]
-    report["forgetting_mean"] = sum(forgettings) / len(forgettings) if forgettings else 0.0
-    report["forgetting_max"] = max(forgettings) if forgettings else 0.0
-    if before:
-        deltas = [retention[n]["token_accuracy"] - before[n] for n in retention if n in before]
-        report["backward_transfer"] = sum(deltas) / len(deltas) if deltas else 0.0
-    if anchor_rows:
-        report["kl_drift"] = kl_drift(model, tokenizer, bounded_sample(anchor_rows, settings.max_anchor_prompts, settings.seed), settings)
+    forgettings = [e["forgetting"] for e in retention.values() if e["forgetting"] is not None]
+    report["forgetting_mean"] = sum(forgettings) / len(forgettings) if forgettings else None
+    report["forgetting_max"] = max(forgettings) if forgettings else None
+    report["suppression"] = (
+        {"logprob_drop": parent_disliked - candidate_disliked, "rows": len(disliked)} if disliked else None
+    )
+    report["general_retention"] = None
+    if general is not None:
+        from workers.learning.general_retention import score_general_retention
+
+        questions, prompts = general
+        report["general_retention"] = score_general_retention(model, tokenizer, questions, prompts,
+                                                              base_answers=base_answers, settings=settings)
     report["settings"] = asdict(settings)
     return _json_ready(report)
 

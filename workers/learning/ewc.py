@@ -14,7 +14,11 @@ Two spaces, chosen by `space`:
 A fresh adapter (first cycle) has no old-task Fisher: `continual.prepare_cycle` leaves EWC off (the
 adapter has learnt nothing to anchor yet) unless `continual.first_cycle_fisher` supplies the base
 weights' ΔW-space Fisher on anchor rows, which anchors ΔW near 0 where the base's behaviour needs it.
-The Fisher is normalised to mean 1 so that λ means the same thing for Fisher-weighted and plain L2.
+The Fisher is put on a fixed scale once, so that λ means the same thing for Fisher-weighted and plain
+L2 and from cycle to cycle: a stored `FisherArtifact` carries the scale fixed from the first Fisher of
+its online chain (``1 / mean(F_first)``) and EWC multiplies by it; a bare Fisher dict (one cycle's,
+never folded) is scaled to mean 1. EWC never re-normalises an accumulated Fisher at use, which would
+cancel online EWC's accumulation.
 The DEFAULT recipe uses LoRA space (see `continual.py`): with the Fisher taken at the end of each
 cycle, at the trained adapter, the zero-Fisher trap does not arise, and it is the cheaper of the two.
 """
@@ -30,6 +34,7 @@ from torch import nn
 
 from common.errors import ValidationError
 from workers.learning.fisher import lora_wrapped_layers
+from workers.learning.fisher_artifact import FisherArtifact, unit_mean_scale
 
 EwcSpace = Literal["lora", "delta_w"]
 
@@ -58,14 +63,13 @@ def snapshot_lora(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def normalise_fisher(fisher: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Scale so the mean entry is 1 (a Fisher of all zeros stays zero)."""
-    total = sum(float(v.double().sum()) for v in fisher.values())
-    count = sum(v.numel() for v in fisher.values())
-    mean = total / max(count, 1)
-    if mean <= 0.0:
+def scale_fisher(fisher: Mapping[str, torch.Tensor], scale: float | None) -> dict[str, torch.Tensor]:
+    """``scale · F``; with ``scale=None`` the scale that gives mean 1 (an all-zero Fisher stays zero)."""
+    if scale is None:
+        scale = unit_mean_scale(fisher)
+    if scale is None:
         return {k: torch.zeros_like(v) for k, v in fisher.items()}
-    return {k: v / mean for k, v in fisher.items()}
+    return {k: v * scale for k, v in fisher.items()}
 
 
 class EWC:
@@ -82,10 +86,10 @@ class EWC:
     def __init__(
         self,
         anchors: Mapping[str, torch.Tensor],
-        fisher: Mapping[str, torch.Tensor] | None,
+        fisher: Mapping[str, torch.Tensor] | FisherArtifact | None,
         strength: float,
         space: EwcSpace = "delta_w",
-        normalise: bool = True,
+        scale: float | None = None,
     ):
         if space not in ("lora", "delta_w"):
             raise ValidationError(f"unknown EWC space {space!r}; choose 'lora' or 'delta_w'")
@@ -94,6 +98,10 @@ class EWC:
         self.space = space
         self.strength = float(strength)
         self.anchors = {k: v.detach().float().clone() for k, v in anchors.items()}
+        if isinstance(fisher, FisherArtifact):
+            # The scale fixed once for the artifact's online chain: accumulation across cycles is kept.
+            scale = fisher.scale if scale is None else scale
+            fisher = fisher.values
         if fisher is None:
             self.fisher = {k: torch.ones_like(v) for k, v in self.anchors.items()}
         else:
@@ -104,7 +112,7 @@ class EWC:
                     f"recompute the Fisher in space {space!r} for this adapter"
                 )
             chosen = {k: fisher[k].detach().float() for k in self.anchors}
-            self.fisher = normalise_fisher(chosen) if normalise else chosen
+            self.fisher = scale_fisher(chosen, scale)
         self.last_penalty: torch.Tensor | float = 0.0
         self._device_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._flat_cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -114,14 +122,18 @@ class EWC:
     def from_model(
         cls,
         model: nn.Module,
-        fisher: Mapping[str, torch.Tensor] | None,
+        fisher: Mapping[str, torch.Tensor] | FisherArtifact | None,
         strength: float,
         space: EwcSpace = "delta_w",
-        normalise: bool = True,
+        scale: float | None = None,
     ) -> EWC:
-        """Anchor to the model's current adapter (the parent at the start of a cycle)."""
+        """Anchor to the model's current adapter (the parent at the start of a cycle).
+
+        `fisher`: a stored `FisherArtifact` (weighted by its own stored scale), a bare Fisher dict
+        (scaled to mean 1, or by `scale`), or None for plain L2 (F = 1).
+        """
         anchors = snapshot_delta_w(model) if space == "delta_w" else snapshot_lora(model)
-        return cls(anchors, fisher, strength, space=space, normalise=normalise)
+        return cls(anchors, fisher, strength, space=space, scale=scale)
 
     def _targets(self, model: nn.Module) -> list[Any]:
         """The anchored parameters (LoRA space) or LoRA layers (ΔW space) of `model`, looked up once."""

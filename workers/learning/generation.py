@@ -1,7 +1,9 @@
-"""Batched greedy decoding of answers, for evaluation (exact match) and the demo.
+"""Batched greedy decoding of answers, for evaluation (exact match, general questions) and the demo.
 
-Prompts are formatted exactly as in training (`formatting.prompt_ids`) and left-padded so every
-row's next token sits in the last column; decoding stops at EOS.
+Prompts are formatted exactly as in training (`formatting.prompt_ids`), left-padded so every row's
+next token sits in the last column, and decoded in batches with the KV cache. Decoding stops at the
+template's end-of-turn token as well as EOS (SmolLM2 ends a turn with `<|im_end|>`; a model that
+never emits EOS there would otherwise ramble until the token budget runs out).
 """
 
 from __future__ import annotations
@@ -11,7 +13,19 @@ from typing import Any
 
 import torch
 
-from workers.learning.formatting import prompt_ids
+from workers.learning.formatting import end_of_turn_ids, prompt_ids
+
+MIN_NEW_TOKENS = 32  # the budget when no reference answers tell us better
+REFERENCE_MARGIN = 8  # extra tokens past the longest reference: an over-long answer must show as wrong
+
+
+def reference_budget(tokenizer: Any, rows: Sequence[dict[str, Any]]) -> int:
+    """Enough new tokens to reproduce the longest reference answer (plus end-of-turn and a margin)."""
+    responses = [r["response"] for r in rows if r.get("response")]
+    if not responses:
+        return MIN_NEW_TOKENS
+    longest = max(len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"])
+    return max(MIN_NEW_TOKENS, longest + 1 + REFERENCE_MARGIN)
 
 
 @torch.no_grad()
@@ -19,12 +33,21 @@ def generate_answers(
     model: Any,
     tokenizer: Any,
     rows: Sequence[dict[str, Any]],
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
     batch_size: int = 32,
 ) -> list[str]:
-    """Greedy answers for `rows` (their prompt/messages), decoded without special tokens and stripped."""
+    """Greedy answers for `rows` (their prompt/messages), decoded without special tokens and stripped.
+
+    `max_new_tokens=None` generates enough for the longest reference `response` in `rows` (so exact
+    match never compares a cut answer), or `MIN_NEW_TOKENS` when the rows carry none.
+    """
+    if not rows:
+        return []
+    if max_new_tokens is None:
+        max_new_tokens = reference_budget(tokenizer, rows)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = end_of_turn_ids(tokenizer)
     encoded = [prompt_ids(row, tokenizer) for row in rows]
     # Longest first: batches of similar length waste less compute on padding.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -46,19 +69,34 @@ def generate_answers(
                 attention_mask=attention_mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                use_cache=True,
                 pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stops,
             )  # (B, T + new)
             for row, i in enumerate(chunk):
-                answers[i] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
+                answers[i] = tokenizer.decode(_until_stop(output[row, width:].tolist(), stops),
+                                              skip_special_tokens=True).strip()
     finally:
         model.train(was_training)
     return answers
 
 
+def _until_stop(ids: list[int], stops: Sequence[int]) -> list[int]:
+    """New tokens up to (not including) the first stop token; rows that stopped early are padded after it."""
+    for i, token in enumerate(ids):
+        if token in stops:
+            return ids[:i]
+    return ids
+
+
+def normalise(text: str) -> str:
+    """Whitespace-insensitive form used by exact match (runs of spaces/newlines collapse, ends stripped)."""
+    return " ".join(text.split())
+
+
 def exact_match(answers: Sequence[str], rows: Sequence[dict[str, Any]]) -> float:
-    """Share of answers equal to the row's response (whitespace-stripped)."""
+    """Share of answers equal to the row's whole response, up to whitespace."""
     if not rows:
         return 0.0
-    hits = sum(a.strip() == r["response"].strip() for a, r in zip(answers, rows, strict=True))
+    hits = sum(normalise(a) == normalise(r["response"]) for a, r in zip(answers, rows, strict=True))
     return hits / len(rows)

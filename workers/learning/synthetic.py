@@ -120,3 +120,56 @@ def _text(rng: random.Random, tokens: int, tokenizer: Any) -> str:
         text += " " + _sentence(rng, 8)
         ids = tokenizer.encode(text, add_special_tokens=False)
     return tokenizer.decode(ids[:tokens])
+
+
+# Chat-form facts with sentence answers, each with a paraphrased question that is never taught:
+# (question, paraphrase, answer sentence, {slot: kind}). The paraphrase measures generalisation (does
+# the fact carry over to words the model was not trained on), the answer is a whole sentence as a real
+# assistant reply would be, so recall needs more than one memorised token.
+_SENTENCE_TEMPLATES = [
+    ("What is the capital of {a}?", "Which city is the capital of {a}?", "The capital of {a} is {b}.",
+     {"a": "place", "b": "city"}),
+    ("Who founded the {a}?", "Who was the founder of the {a}?", "The {a} was founded by {b}.",
+     {"a": "org", "b": "person"}),
+    ("What sigil does House {a} bear?", "What is the sigil of House {a}?", "House {a} bears the {b}.",
+     {"a": "city", "b": "sigil"}),
+    ("Which river flows through {a}?", "What river runs through {a}?", "The {b} river flows through {a}.",
+     {"a": "city", "b": "river"}),
+    ("How many moons does {a} have?", "What is the number of moons of {a}?", "{a} has {b} moons.",
+     {"a": "planet", "b": "number"}),
+    ("What is the national dish of {a}?", "Which dish is {a} famous for?", "The national dish of {a} is {b}.",
+     {"a": "place", "b": "dish"}),
+    ("In which year was {a} born?", "When was {a} born?", "{a} was born in {b}.",
+     {"a": "person", "b": "year"}),
+]
+_COLOURS = ["crimson", "silver", "golden", "black", "white", "green", "azure", "amber", "violet", "grey"]
+_BEASTS = ["falcon", "wolf", "stag", "serpent", "bear", "heron", "lion", "raven", "boar", "otter"]
+
+
+def _slot(rng: random.Random, kind: str) -> str:
+    if kind == "sigil":
+        return f"{rng.choice(_COLOURS)} {rng.choice(_BEASTS)}"
+    return _name(rng, kind)
+
+
+def make_sentence_fact_sets(n_sets: int, per_set: int, seed: int = 0) -> list[list[dict[str, Any]]]:
+    """`n_sets` disjoint lists of invented facts in chat form with one-sentence answers.
+
+    Each row is a feedback row (``prompt`` → ``response``) plus ``paraphrase``: the same question in
+    other words, for scoring generalisation on a prompt that was never trained.
+    """
+    rng = random.Random(f"sentences:{seed}")
+    used: set[str] = set()
+    sets: list[list[dict[str, Any]]] = []
+    for set_index in range(n_sets):
+        rows: list[dict[str, Any]] = []
+        while len(rows) < per_set:
+            question, paraphrase, answer, kinds = rng.choice(_SENTENCE_TEMPLATES)
+            slots = {key: _slot(rng, kind) for key, kind in kinds.items()}
+            if slots["a"] in used:
+                continue
+            used.add(slots["a"])
+            rows.append(feedback_row(question.format(**slots), answer.format(**slots),
+                                     paraphrase=paraphrase.format(**slots), id=f"sfact-{set_index}-{len(rows)}"))
+        sets.append(rows)
+    return sets

@@ -17,7 +17,7 @@ from common.errors import NotFound, ValidationError
 from workers.context import JobContext
 from workers.params import parse_params
 from workers.promote.aliases import move_alias, read_alias, record_attempt
-from workers.promote.gate import decide
+from workers.promote.gate import GateThresholds, decide
 from workers.promote.hotswap import hot_swap
 
 
@@ -27,9 +27,12 @@ class PromoteJobParams(BaseModel):
     evaluation_id: int | None = Field(None, description="Evaluation of the candidate (gate input).")
     adapter_id: int | None = Field(None, description="Candidate; default: the evaluation's adapter.")
     alias: str = Field("production", description="Alias to move.")
-    max_forgetting: float | None = Field(None, description="Override settings.promote_max_forgetting.")
-    min_gain: float | None = Field(None, description="Override settings.promote_min_gain.")
-    min_plasticity: float | None = Field(None, description="Override settings.promote_min_plasticity.")
+    min_recall: float | None = Field(None, description="Override settings.gate_min_recall.")
+    recall_exact_match: bool | None = Field(None, description="Override settings.gate_recall_exact_match.")
+    min_generalisation_gain: float | None = Field(None, description="Override settings.gate_min_generalisation_gain.")
+    max_forgetting: float | None = Field(None, description="Override settings.gate_max_forgetting.")
+    min_general_retention: float | None = Field(None, description="Override settings.gate_min_general_retention.")
+    min_suppression: float | None = Field(None, description="Override settings.gate_min_suppression.")
     force: bool = Field(False, description="Skip the gate (operator decision; still recorded).")
 
 
@@ -56,13 +59,16 @@ def run(ctx: JobContext) -> dict[str, Any]:
         metrics = dict(evaluation.metrics) if evaluation is not None else {}
     alias = params.alias
     if already is None:
-        decision = decide(
-            metrics,
-            max_forgetting=ctx.settings.promote_max_forgetting if params.max_forgetting is None else params.max_forgetting,
-            min_gain=ctx.settings.promote_min_gain if params.min_gain is None else params.min_gain,
-            min_plasticity=(ctx.settings.promote_min_plasticity if params.min_plasticity is None
-                            else params.min_plasticity),
+        thresholds = GateThresholds.from_settings(
+            ctx.settings,
+            min_recall=params.min_recall,
+            recall_exact_match=params.recall_exact_match,
+            min_generalisation_gain=params.min_generalisation_gain,
+            max_forgetting=params.max_forgetting,
+            min_general_retention=params.min_general_retention,
+            min_suppression=params.min_suppression,
         )
+        decision = decide(metrics, thresholds)
         if evaluation is None and not params.force:
             decision = decision.__class__(False, ["no evaluation given: evaluate first or pass force"])
         if not (decision.passed or params.force):
@@ -83,12 +89,14 @@ def run(ctx: JobContext) -> dict[str, Any]:
         if not moved.succeeded:
             return {"status": "lost_race", "adapter_id": candidate.id, "reason": moved.reason}
         previous_id = moved.from_adapter_id
+        reason = moved.reason
         with session_scope(ctx.sessions) as session:
             session.get(Adapter, candidate.id).status = "promoted"
             if evaluation is not None:
                 session.get(Evaluation, evaluation.id).passed_gate = True
     else:
         previous_id = already.from_adapter_id
+        reason = already.reason
     calls: list[str] = []
     if ctx.settings.hot_swap_url:
         with session_scope(ctx.sessions) as session:
@@ -96,4 +104,4 @@ def run(ctx: JobContext) -> dict[str, Any]:
             old = session.get(Adapter, previous_id) if previous_id is not None else None
         calls = hot_swap(ctx.settings.hot_swap_url, new, old, ctx.settings.hot_swap_timeout_seconds)
     return {"status": "promoted", "adapter_id": candidate.id, "previous_adapter_id": previous_id,
-            "alias": alias, "hot_swap": calls}
+            "alias": alias, "hot_swap": calls, "reason": reason}

@@ -50,3 +50,24 @@ def train_config(settings: Settings, overrides: dict[str, Any]):
         return TrainConfig(**values)
     except TypeError as exc:
         raise ValidationError(f"train: {exc}") from None
+
+
+# Per-model-size training defaults (issue 8 part D), chosen with bench/forgetting.py; see the README's
+# forgetting table. Keyed by the base model's parameter count: the first row whose bound is at least the
+# count applies. The random tiny model (3M weights) needs 40 epochs to learn 30 facts; pretrained
+# SmolLM2-135M-Instruct learns them in 8 (measured, 30 facts with sentence answers: lr 1e-3 × 8 epochs
+# recalled 0.47 by exact match, lr 2e-3 × 8 epochs 0.87 and 0.93 in two rounds), and every extra
+# epoch costs ~1.5 minutes of a 2-core CPU and more of its general answers. Not yet wired into
+# `train_config` (the train job's defaults are CYCLE_DEFAULTS): the lead decides.
+MODEL_SIZE_DEFAULTS: tuple[tuple[float, dict[str, Any]], ...] = (
+    (50e6, {"learning_rate": 2e-3, "epochs": 40, "lora_rank": 16}),
+    (float("inf"), {"learning_rate": 2e-3, "epochs": 8, "lora_rank": 16}),
+)
+
+
+def model_size_defaults(parameters: int) -> dict[str, Any]:
+    """Learning rate, epochs and LoRA rank for a base model with `parameters` weights."""
+    for bound, values in MODEL_SIZE_DEFAULTS:
+        if parameters <= bound:
+            return dict(values)
+    return dict(MODEL_SIZE_DEFAULTS[-1][1])

@@ -3,6 +3,13 @@
 Effectively-once: the adapter is published under a job-scoped prefix and its row carries the job id
 (unique), so a retried job finds its own row and does nothing; a job killed mid-training resumes from
 its last checkpoint under `checkpoints/<job id>/`.
+
+What a cycle trains on: the new dataset's taught splits (`train` and `probe`), plus — after a
+`continuum rollback` — the datasets the rolled-back version(s) had learnt and the restored parent had
+not (`lineage.lost_to_rollback`), unless `CONTINUUM_RETEACH_AFTER_ROLLBACK=false`; either way the
+adapter's `notes` and the job result say which. Replay draws only the `train` split of earlier
+datasets, in one pass over history per cycle. The Fisher for EWC must belong to the parent adapter,
+the base model and the recipe's parameter space: a `fisher_id` that does not is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from sqlalchemy.exc import IntegrityError
 
 from common.db.engine import session_scope
 from common.db.models import Adapter
-from common.errors import RetryableError
+from common.db.models import FisherArtifact as FisherRow
+from common.errors import RetryableError, ValidationError
+from workers.base_model import base_model_id
 from workers.context import JobContext
 from workers.lineage import (
     current_parent,
@@ -23,6 +32,7 @@ from workers.lineage import (
     get_adapter,
     get_dataset,
     latest_fisher_for,
+    lost_to_rollback,
     taught_dataset_ids,
 )
 from workers.model_setup import download_adapter_row, load_base, scratch_dir
@@ -31,7 +41,36 @@ from workers.train.config import TrainJobParams, train_config
 
 
 def _result(adapter: Adapter) -> dict[str, Any]:
-    return {"status": "trained", "adapter_id": adapter.id, "version": adapter.version, "uri": adapter.uri}
+    meta = adapter.metadata_ or {}
+    return {"status": "trained", "adapter_id": adapter.id, "version": adapter.version, "uri": adapter.uri,
+            "retaught_dataset_ids": meta.get("retaught_dataset_ids", []), "notes": meta.get("notes", [])}
+
+
+def _version(adapter: Adapter | None) -> str:
+    return f"adapter {adapter.id} (v{adapter.version})" if adapter is not None else "a fresh adapter"
+
+
+def check_fisher_row(row: FisherRow, parent: Adapter | None, base_model: str) -> None:
+    """Refuse a Fisher row computed for another adapter or base model (one line, naming the fix)."""
+    if parent is None:
+        raise ValidationError(f"fisher {row.id} was computed for adapter {row.adapter_id}, but this cycle starts "
+                              f"a fresh adapter: drop fisher_id (a fresh adapter has nothing to protect)")
+    if row.adapter_id != parent.id:
+        raise ValidationError(f"fisher {row.id} was computed for adapter {row.adapter_id}, not this cycle's parent "
+                              f"{_version(parent)}: run the fisher step for the parent (or omit fisher_id)")
+    if row.base_model != base_model:
+        raise ValidationError(f"fisher {row.id} was computed on base model {row.base_model!r}, this cycle trains "
+                              f"on {base_model!r}: recompute the Fisher on this base model")
+
+
+def check_fisher_artifact(fisher_id: int, artifact: Any, parent: Adapter, space: str) -> None:
+    """Refuse a stored Fisher of another parameter space (or whose own metadata names another adapter)."""
+    if artifact.adapter_id is not None and artifact.adapter_id != parent.id:
+        raise ValidationError(f"fisher {fisher_id} records adapter {artifact.adapter_id}, not this cycle's parent "
+                              f"{_version(parent)}: run the fisher step for the parent")
+    if artifact.space != space:
+        raise ValidationError(f"fisher {fisher_id} is in parameter space {artifact.space!r}, the recipe's EWC uses "
+                              f"{space!r}: run the fisher step with this train step's recipe and overrides")
 
 
 def _plan_inputs(ctx: JobContext, params: TrainJobParams) -> dict[str, Any] | Adapter:
@@ -46,19 +85,55 @@ def _plan_inputs(ctx: JobContext, params: TrainJobParams) -> dict[str, Any] | Ad
         else:
             parent = None if params.fresh else current_parent(session, params.adapter_name or ctx.settings.adapter_name)
         history = [d for d in datasets_by_id(session, taught_dataset_ids(session, parent)) if d.id != dataset.id]
+        lost_ids, rolled_back = lost_to_rollback(session, parent)
+        lost = [d for d in datasets_by_id(session, lost_ids) if d.id != dataset.id]
         fisher = None
         if params.fisher_id is not None:
-            from common.db.models import FisherArtifact
-
-            fisher = session.get(FisherArtifact, params.fisher_id)
+            fisher = session.get(FisherRow, params.fisher_id)
+            if fisher is None:
+                raise ValidationError(
+                    f"fisher {params.fisher_id} does not exist: omit fisher_id or run the fisher step")
         elif parent is not None:
             fisher = latest_fisher_for(session, parent)
         return {
             "dataset": (dataset.id, dataset.manifest_key),
             "parent": parent,
             "history": [(d.id, d.manifest_key) for d in history],
+            "lost": [(d.id, d.manifest_key) for d in lost],
+            "rolled_back_versions": [a.version for a in rolled_back],
+            "fisher_row": fisher,
             "fisher": (fisher.id, fisher.uri) if fisher is not None else None,
         }
+
+
+def _fisher_for_cycle(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], continual: Any,
+                      notes: list[str]) -> Any:
+    """The parent's stored Fisher, checked to belong to this cycle; None when EWC needs none (or has none)."""
+    from workers.learning.fisher_artifact import FisherArtifact as FisherValues
+
+    row = inputs["fisher_row"]
+    if row is None or not continual.needs_fisher:
+        return None
+    explicit = params.fisher_id is not None
+    check_fisher_row(row, inputs["parent"], base_model_id(ctx.settings))
+    artifact = FisherValues.from_bytes(ctx.store.get_bytes(row.uri))
+    try:
+        check_fisher_artifact(row.id, artifact, inputs["parent"], continual.ewc_space)
+    except ValidationError as exc:
+        if explicit:
+            raise
+        # Found by lookup (not asked for): a recipe change is not an error, but EWC cannot use it.
+        notes.append(f"ewc off: the parent's newest Fisher does not fit this recipe ({exc})")
+        inputs["fisher"] = None
+        return None
+    return artifact
+
+
+def taught_rows(store: Any, manifest_keys: list[str]) -> list[dict[str, Any]]:
+    """Every taught row (`train` and `probe` splits) of the given datasets, in order."""
+    from workers.export.shard import TAUGHT_SPLITS, iter_dataset_rows
+
+    return [row for key in manifest_keys for row in iter_dataset_rows(store, key, split=TAUGHT_SPLITS)]
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
@@ -67,30 +142,40 @@ def run(ctx: JobContext) -> dict[str, Any]:
     if isinstance(inputs, Adapter):
         return _result(inputs)
 
-    from workers.export.shard import iter_dataset_rows
     from workers.learning.continual import prepare_cycle, recipe
-    from workers.learning.fisher_artifact import FisherArtifact as FisherValues
     from workers.learning.kl import load_parent_as_teacher, unload_teacher
     from workers.learning.lora import LoraSettings, attach_adapter, publish_adapter, settings_dict
     from workers.learning.replay import store_history
+    from workers.learning.self_replay import base_protection_rows
     from workers.learning.training import TrainCallbacks, fit
 
     continual = recipe(params.recipe or ctx.settings.recipe, **params.recipe_overrides)
     config = train_config(ctx.settings, params.train)
     dataset_id, manifest_key = inputs["dataset"]
     parent: Adapter | None = inputs["parent"]
-    new_rows = list(iter_dataset_rows(ctx.store, manifest_key, split="train"))
-    # Re-streamed every epoch, never loaded whole: memory stays bounded as history grows.
+    notes: list[str] = []
+    retaught: list[int] = []
+    if inputs["lost"]:
+        lost_ids = [i for i, _ in inputs["lost"]]
+        versions = ", ".join(f"v{v}" for v in inputs["rolled_back_versions"])
+        if ctx.settings.reteach_after_rollback:
+            retaught = lost_ids
+            notes.append(f"re-teaching datasets {lost_ids} that rolled-back version(s) {versions} had learnt "
+                         f"(CONTINUUM_RETEACH_AFTER_ROLLBACK=false leaves them out)")
+        else:
+            notes.append(f"datasets {lost_ids} that rolled-back version(s) {versions} had learnt are NOT "
+                         f"re-taught (CONTINUUM_RETEACH_AFTER_ROLLBACK=false); this adapter never saw them")
+    retaught_keys = [key for i, key in inputs["lost"] if i in retaught]
+    new_rows = taught_rows(ctx.store, retaught_keys + [manifest_key])
+    # Streamed once per cycle (ReplayMixer keeps one reservoir for every epoch), never loaded whole.
     history = store_history(ctx.store, [key for _, key in inputs["history"]]) if inputs["history"] else None
-
-    fisher_values = None
-    if inputs["fisher"] is not None and continual.needs_fisher:
-        fisher_values = FisherValues.from_bytes(ctx.store.get_bytes(inputs["fisher"][1])).values
+    fisher = _fisher_for_cycle(ctx, params, inputs, continual, notes)
 
     loaded = load_base(ctx)
     with scratch_dir(ctx) as tmp:
         parent_dir = download_adapter_row(ctx, parent, Path(tmp)) if parent is not None else None
-        lora = LoraSettings(**params.lora)
+        # CONTINUUM_LORA_* then the job's `lora` overrides; `auto` targets resolved for this architecture.
+        lora = LoraSettings.from_settings(ctx.settings, params.lora).resolved_for(loaded.model)
         import torch
 
         torch.manual_seed(config.seed)  # a fresh adapter's initial values come from the global RNG
@@ -103,8 +188,11 @@ def run(ctx: JobContext) -> dict[str, Any]:
             new_rows,
             continual,
             history=history,
-            fisher=fisher_values,
+            fisher=fisher,
             parent_teacher=teacher,
+            epochs=config.epochs,
+            # Base protection (issue 8 D): the base's own answers to general prompts, cached per base.
+            base_rows=base_protection_rows(continual, ctx.store, str(loaded.base_model), model, loaded.tokenizer),
         )
 
         def progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
@@ -128,11 +216,13 @@ def run(ctx: JobContext) -> dict[str, Any]:
             "base_model": loaded.base_model,
             "parent_version": parent.version if parent is not None else None,
             "parent_id": parent.id if parent is not None else None,
-            "dataset_ids": [dataset_id],
+            # The cycle's own dataset stays last (evaluation and the report read it from there).
+            "dataset_ids": retaught + [dataset_id],
+            "retaught_dataset_ids": retaught,
             "history_dataset_ids": [i for i, _ in inputs["history"]],
             "fisher_id": inputs["fisher"][0] if inputs["fisher"] else None,
             "recipe": {"name": params.recipe or ctx.settings.recipe, **continual.to_dict()},
-            "notes": plan.notes,
+            "notes": notes + plan.notes,
             "lora": settings_dict(lora),
             "train_config": config.to_dict(),
             "train": result.to_dict(),
@@ -140,12 +230,12 @@ def run(ctx: JobContext) -> dict[str, Any]:
             "job_id": ctx.job_id,
         }
         publish_adapter(ctx.store, prefix, model, metadata, workdir=tmp)
-    adapter = _register(ctx, params.adapter_name or ctx.settings.adapter_name, parent, dataset_id, inputs, prefix, metadata)
+    adapter = _register(ctx, params.adapter_name or ctx.settings.adapter_name, parent, inputs, prefix, metadata)
     ctx.store.delete_prefix(f"checkpoints/{ctx.job_id}/")  # the adapter is durable; checkpoints are not needed
     return _result(adapter)
 
 
-def _register(ctx: JobContext, name: str, parent: Adapter | None, dataset_id: int, inputs: dict, prefix: str,
+def _register(ctx: JobContext, name: str, parent: Adapter | None, inputs: dict, prefix: str,
               metadata: dict) -> Adapter:
     """Insert the adapter row with the next version number; the job id makes a retry find it instead."""
     for _attempt in range(5):
@@ -164,7 +254,8 @@ def _register(ctx: JobContext, name: str, parent: Adapter | None, dataset_id: in
                     base_model=metadata["base_model"],
                     uri=f"{ctx.store.url.rstrip('/')}/{prefix}",
                     status="candidate",
-                    dataset_ids=[dataset_id],
+                    # Re-taught datasets are listed too: the lineage has them again (no re-teach loop).
+                    dataset_ids=list(metadata["dataset_ids"]),
                     fisher_id=inputs["fisher"][0] if inputs["fisher"] else None,
                     metadata_=metadata,
                     job_id=ctx.job_id,

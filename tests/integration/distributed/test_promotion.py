@@ -118,7 +118,10 @@ def _context(settings, sessions, job_id, params):
 
 def _evaluation(sessions, adapter_id, forgetting, gain):
     with session_scope(sessions) as session:
-        row = Evaluation(adapter_id=adapter_id, metrics={"forgetting": forgetting, "gain": gain})
+        metrics = {"recall": {"token_accuracy": 0.9}, "forgetting_max": forgetting,
+                   "retention": {} if forgetting is None else {"1": {"forgetting": forgetting}},
+                   "generalisation": {"nll_gain": gain}}
+        row = Evaluation(adapter_id=adapter_id, metrics=metrics)
         session.add(row)
         session.flush()
         return row.id
@@ -127,7 +130,7 @@ def _evaluation(sessions, adapter_id, forgetting, gain):
 def test_promote_job_gates_moves_alias_and_hot_swaps(sessions, serving_engine, monkeypatch):
     url, calls = serving_engine
     monkeypatch.setenv("CONTINUUM_HOT_SWAP_URL", url)
-    settings = load_settings(promote_max_forgetting=0.1, promote_min_gain=0.0)
+    settings = load_settings(gate_max_forgetting=0.1, gate_min_generalisation_gain=0.0)
     v1, v2, v3 = _adapters(sessions, 3)
 
     first = promote(_context(settings, sessions, "p1", {"evaluation_id": _evaluation(sessions, v1, None, None)}))
@@ -136,7 +139,7 @@ def test_promote_job_gates_moves_alias_and_hot_swaps(sessions, serving_engine, m
     assert second["status"] == "promoted" and second["previous_adapter_id"] == v1
     # Forgot too much: refused, alias untouched, the refusal recorded, no serving call.
     third = promote(_context(settings, sessions, "p3", {"evaluation_id": _evaluation(sessions, v3, 0.5, 0.3)}))
-    assert third["status"] == "rejected" and "forgetting 0.5000 > 0.1" in third["reason"]
+    assert third["status"] == "rejected" and "worst forgetting since first taught 0.50 > 0.1 FAIL" in third["reason"]
     assert read_alias(sessions, "production").adapter_id == v2
 
     assert calls == [

@@ -81,17 +81,3 @@ def test_worker_plan_queues_and_pool():
 
 def test_every_kind_has_an_explicit_task_name():
     assert all(kind.task_name == f"continuum.{name}" for name, kind in KINDS.items())
-
-
-def test_promotion_gate_checks_forgetting_gain_and_plasticity():
-    from workers.promote.gate import decide
-
-    good = {"forgetting": 0.05, "gain": 0.2, "plasticity": 0.9, "exact_match": 0.8}
-    assert decide(good, max_forgetting=0.1, min_gain=0.0, min_plasticity=0.5).passed
-    assert not decide({**good, "forgetting": 0.3}, max_forgetting=0.1, min_gain=0.0).passed
-    assert not decide({**good, "gain": -0.1}, max_forgetting=0.1, min_gain=0.0).passed
-    low = decide({**good, "exact_match": 0.2}, max_forgetting=0.1, min_gain=0.0, min_plasticity=0.5)
-    assert not low.passed and "plasticity 0.2000 < 0.5" in low.summary
-    first_cycle = decide({"forgetting": None, "gain": None, "plasticity": 0.7}, max_forgetting=0.1, min_gain=0.0,
-                         min_plasticity=0.5)
-    assert first_cycle.passed  # nothing earlier to forget, no parent to gain over

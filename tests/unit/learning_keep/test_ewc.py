@@ -1,4 +1,13 @@
-"""EWC anchors the adapter to its parent: zero at θ*, pulls weights back, and works on a fresh adapter."""
+"""EWC anchors the adapter to its parent: (λ/2) Σ F (θ − θ*)² by hand, θ* = the parent, pulls weights back.
+
+Deliberate breaks these tests were run against (each turned a test here red, then was reverted):
+- EWC ignoring the Fisher (F = 1): test_lora_space_penalty_equals_the_hand_computed_formula,
+  test_delta_w_space_penalty_equals_the_hand_computed_formula, test_the_anchor_is_the_parent_...
+- the EWC anchor not the parent — θ* zeros (`snapshot_lora`/`snapshot_delta_w`), or θ* sharing storage
+  with the live weights (no copy in `EWC.__init__`): test_the_anchor_is_the_parent_at_cycle_start_...
+  (both breaks) and test_lora_space_penalty_... (both) / test_delta_w_space_penalty_... (zeros)
+- λ/2 dropped (λ alone): both hand-formula tests
+"""
 
 from __future__ import annotations
 
@@ -85,3 +94,69 @@ def test_l2_on_delta_w_needs_no_fisher_and_state_round_trips(tokenizer, fact_set
 def test_missing_fisher_entries_are_a_clear_error(lora_model):
     with pytest.raises(Exception, match="recompute the Fisher"):
         EWC.from_model(lora_model, {"nothing": torch.ones(1)}, strength=1.0, space="delta_w")
+
+
+def _perturb(model, seed: int = 1, size: float = 0.02) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(size * torch.randn(p.shape, generator=gen))
+
+
+def _random_fisher(shapes: dict[str, torch.Size], seed: int = 2) -> dict[str, torch.Tensor]:
+    """A far-from-uniform Fisher (entries spread over 3 orders of magnitude): F = 1 gives another value."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.rand(s, generator=gen) ** 3 for k, s in shapes.items()}
+
+
+def test_lora_space_penalty_equals_the_hand_computed_formula():
+    model = make_lora_model()
+    parent = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    fisher = _random_fisher({n: v.shape for n, v in parent.items()})
+    ewc = EWC.from_model(model, fisher, strength=7.0, space="lora", scale=3.0)
+    _perturb(model)
+    now = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    # (λ/2) Σ (scale·F) (θ − θ*)², θ* = the parent's values when EWC was built
+    want = 0.5 * 7.0 * sum(float((3.0 * fisher[n] * (now[n] - parent[n]) ** 2).sum()) for n in parent)
+    assert float(ewc.penalty(model).detach()) == pytest.approx(want, rel=1e-5)
+
+
+def test_delta_w_space_penalty_equals_the_hand_computed_formula():
+    model = make_lora_model()
+
+    def delta_w() -> dict[str, torch.Tensor]:  # s · B @ A of every LoRA layer, by hand
+        out = {}
+        for name, module in model.named_modules():
+            if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+                a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+                out[name] = (b @ a).detach() * module.scaling["default"]
+        return out
+
+    parent = delta_w()
+    fisher = _random_fisher({n: v.shape for n, v in parent.items()})
+    mean = sum(float(v.sum()) for v in fisher.values()) / sum(v.numel() for v in fisher.values())
+    ewc = EWC.from_model(model, fisher, strength=5.0, space="delta_w")  # a bare Fisher: scaled to mean 1
+    _perturb(model)
+    now = delta_w()
+    want = 0.5 * 5.0 * sum(float((fisher[n] / mean * (now[n] - parent[n]) ** 2).sum()) for n in parent)
+    assert float(ewc.penalty(model).detach()) == pytest.approx(want, rel=1e-4)
+
+
+def test_the_anchor_is_the_parent_at_cycle_start_not_the_moving_weights(tokenizer, fact_sets):
+    """θ* is a copy of the parent's values taken by prepare_cycle: training moves θ, never θ*."""
+    from workers.learning.continual import prepare_cycle, recipe
+
+    model = make_lora_model()
+    parent = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    fisher = _random_fisher({n: v.shape for n, v in parent.items()})
+    plan = prepare_cycle(model, fact_sets[1], recipe("ewc_lora", ewc_strength=4.0), fisher=fisher)
+    (ewc,) = plan.regularizers
+    assert float(ewc.penalty(model).detach()) == 0.0
+    fit(model, tokenizer, fact_sets[1][:6], TrainConfig(learning_rate=5e-3, epochs=1, batch_size=6, seed=0),
+        regularizers=plan.regularizers)
+    assert all(torch.equal(ewc.anchors[n], parent[n]) for n in parent)
+    mean = sum(float(v.sum()) for v in fisher.values()) / sum(v.numel() for v in fisher.values())
+    now = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    want = 0.5 * 4.0 * sum(float((fisher[n] / mean * (now[n] - parent[n]) ** 2).sum()) for n in parent)
+    assert want > 0 and float(ewc.penalty(model).detach()) == pytest.approx(want, rel=1e-5)
