@@ -109,7 +109,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
             done = Evaluation(adapter_id=candidate.id, dataset_id=dataset.id, metrics=metrics, job_id=ctx.job_id)
             session.add(done)
             session.flush()
-        return {"status": "evaluated", "evaluation_id": done.id, "metrics": _summary(metrics)}
+        result = {"status": "evaluated", "evaluation_id": done.id, "metrics": _summary(metrics)}
+        ctx.finish(session, result)  # same transaction: recorded iff this attempt holds the lease
+        return result
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:

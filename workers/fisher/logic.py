@@ -84,7 +84,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         gamma=continual.ewc_gamma,
         base_model_id=loaded.base_model,
     )
-    key = f"fisher/{ctx.job_id}/fisher.safetensors"
+    key = f"{ctx.attempt_prefix(f'fisher/{ctx.job_id}')}/fisher.safetensors"
     ctx.store.put_bytes(key, artifact.to_bytes())  # one object: the put itself is atomic
     with session_scope(ctx.sessions) as session:
         done = session.scalars(select(FisherArtifact).where(FisherArtifact.job_id == ctx.job_id)).first()
@@ -102,4 +102,6 @@ def run(ctx: JobContext) -> dict[str, Any]:
             )
             session.add(done)
             session.flush()
-        return {"status": "computed", "fisher_id": done.id, "samples": artifact.num_samples}
+        result = {"status": "computed", "fisher_id": done.id, "samples": artifact.num_samples}
+        ctx.finish(session, result)  # same transaction: recorded iff this attempt holds the lease
+        return result

@@ -59,7 +59,9 @@ def load_model_and_tokenizer(
 
     name_or_path = str(name_or_path)
     tokenizer = load_tokenizer(name_or_path, allow_download=allow_download)
-    kwargs: dict[str, Any] = {"dtype": device_spec.dtype, "local_files_only": _local_only(allow_download)}
+    # use_safetensors: never fall back to unpickling a `pytorch_model.bin` (arbitrary code on load).
+    kwargs: dict[str, Any] = {"dtype": device_spec.dtype, "local_files_only": _local_only(allow_download),
+                              "use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_spec.load_in_4bit:
