@@ -19,8 +19,14 @@ from common.errors import ConfigError
 
 # Secrets that ship in examples and docs. Outside embedded mode they are as good as no secret.
 KNOWN_DEFAULT_SECRETS = frozenset(
-    {"", "changeme", "change-me", "minioadmin", "continuum", "postgres", "password", "secret", "admin", "test"}
+    {"", "changeme", "change-me", "change_me", "minioadmin", "continuum", "postgres", "password", "secret",
+     "admin", "test", "guest", "redis", "rabbitmq", "root", "default", "letmein", "123456", "12345678",
+     "password123", "qwerty", "celery", "user", "pass", "minio123", "example", "s3cr3t"}
 )
+# Shorter secrets are refused outside embedded mode: a few characters fall to a brute force quickly.
+MIN_SECRET_LENGTH = 12
+# Broker URL schemes Celery/kombu accept; each one's password is checked (the embedded one is refused).
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "librabbitmq", "sqs")
 
 
 class Mode(str, Enum):
@@ -56,7 +62,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONTINUUM_", extra="ignore", validate_default=True)
 
     mode: Mode = Field(Mode.embedded, description="`embedded` (one machine, no servers) or `distributed`.")
-    home: Path = Field(Path(".continuum"), description="Folder for embedded-mode state (SQLite, objects, broker).")
+    home: Path = Field(
+        Path(".continuum"),
+        description="Folder for embedded-mode state (SQLite, objects, broker); made absolute when settings are built.",
+    )
     # repr=False: these URLs usually embed a password, and settings objects end up in logs.
     database_url: str = Field(
         "",
@@ -208,11 +217,28 @@ class Settings(BaseSettings):
     )
     hot_swap_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of each hot-swap HTTP call.")
     flower_port: int = Field(5555, ge=1, le=65535, description="Port `continuum flower` listens on.")
+    flower_address: str = Field(
+        "127.0.0.1", description="Address `continuum flower` binds; `0.0.0.0` exposes it to the network."
+    )
+    queued_max_resends: int = Field(
+        5, ge=1, description="Re-sends of a never-claimed queued job before it is failed (no worker serves its queue)."
+    )
+    pipeline_reconcile_grace_seconds: float = Field(
+        60.0, gt=0,
+        description="A running pipeline step with no job for this long is enqueued by the sweep (a lost enqueue).",
+    )
     # ---- end of distributed-execution block ----
 
     _renamed_policy = field_validator("thumbs_down_policy", mode="before")(
         classmethod(lambda cls, value: refuse_renamed_policy(value))
     )
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        # Resolved once, where settings are built (the entry point): every process a command starts gets
+        # this absolute path, so a worker started in another folder still uses the same home.
+        return Path(os.path.abspath(Path(value).expanduser()))
 
     @field_validator("storage_url")
     @classmethod
@@ -274,25 +300,20 @@ class Settings(BaseSettings):
             problems.append("set CONTINUUM_DATABASE_URL (e.g. postgresql+psycopg://user:pass@host/db)")
         elif self.database_url.startswith("sqlite"):
             problems.append("CONTINUUM_DATABASE_URL is SQLite: distributed mode needs a Postgres server all workers share")
-        elif _is_default_secret(_url_password(self.database_url)):
-            problems.append("the database password in CONTINUUM_DATABASE_URL is missing or a known default: set a strong one")
-        if not self.broker_url:
-            problems.append("set CONTINUUM_BROKER_URL (e.g. redis://:password@host:6379/0)")
-        elif self.broker_url.startswith("redis") and _is_default_secret(_url_password(self.broker_url)):
-            problems.append(
-                "the Redis password in CONTINUUM_BROKER_URL is missing or a known default: "
-                "use redis://:strong-password@host:6379/0"
-            )
+        elif why := _weak_secret(_url_password(self.database_url)):
+            problems.append(f"the database password in CONTINUUM_DATABASE_URL is {why}: set a strong one")
+        problems.extend(_broker_problems(self.broker_url))
         if not self.storage_url:
             problems.append("set CONTINUUM_STORAGE_URL=s3://bucket/prefix (workers on other machines cannot see a local folder)")
-        elif self.storage_url.startswith("s3://"):
+        elif not self.storage_url.startswith("s3://"):
+            problems.append("CONTINUUM_STORAGE_URL is a local folder (file://): distributed mode needs "
+                            "s3://bucket/prefix that every worker can reach")
+        else:
             key, secret = self.s3_credentials()
             if not key:
                 problems.append("set CONTINUUM_S3_ACCESS_KEY_ID (or AWS_ACCESS_KEY_ID)")
-            if _is_default_secret(secret):
-                problems.append(
-                    "the S3 secret key (CONTINUUM_S3_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY) is missing or a known default"
-                )
+            if why := _weak_secret(secret):
+                problems.append(f"the S3 secret key (CONTINUUM_S3_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY) is {why}")
         if problems:
             numbered = " ".join(f"({i}) {p};" for i, p in enumerate(problems, 1)).rstrip(";")
             raise ConfigError(f"distributed mode refuses unsafe settings, {len(problems)} problem(s): {numbered}")
@@ -302,8 +323,9 @@ class Settings(BaseSettings):
         """The Flower `user:password`; outside embedded mode a missing or default password is refused."""
         auth = self.flower_basic_auth.get_secret_value()
         user, _, password = auth.partition(":")
-        if self.mode is Mode.distributed and (not user or _is_default_secret(password)):
-            raise ConfigError("set CONTINUUM_FLOWER_BASIC_AUTH=user:strong-password before starting Flower")
+        if self.mode is Mode.distributed and (not user or _weak_secret(password)):
+            raise ConfigError(f"the Flower password is {_weak_secret(password) or 'missing'}: set "
+                              f"CONTINUUM_FLOWER_BASIC_AUTH=user:strong-password before starting Flower")
         return auth
 
 
@@ -315,6 +337,42 @@ def _url_password(url: str) -> str:
 
 def _is_default_secret(secret: str) -> bool:
     return secret.strip().lower() in KNOWN_DEFAULT_SECRETS
+
+
+def _weak_secret(secret: str) -> str:
+    """Why `secret` is too weak for distributed mode ("" when it is fine)."""
+    if not secret.strip():
+        return "missing"
+    if _is_default_secret(secret):
+        return "a known default"
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"shorter than {MIN_SECRET_LENGTH} characters"
+    return ""
+
+
+def _broker_problems(url: str) -> list[str]:
+    """Every reason the broker URL is unsafe for distributed mode (any scheme Celery accepts)."""
+    if not url:
+        return ["set CONTINUUM_BROKER_URL (e.g. redis://:password@host:6379/0)"]
+    scheme = urlsplit(url).scheme.lower()
+    if scheme.startswith("sqla+") or scheme in {"memory", "filesystem"}:
+        return [f"CONTINUUM_BROKER_URL uses the embedded-only {scheme!r} broker: distributed mode needs Redis or "
+                f"RabbitMQ that every worker can reach"]
+    if scheme == "sqs":
+        # SQS authenticates with AWS credentials, not a URL password; an inline secret is still checked.
+        secret = _url_password(url)
+        why = _weak_secret(secret) if secret else ""
+        return [f"the SQS secret in CONTINUUM_BROKER_URL is {why}"] if why else []
+    if scheme not in BROKER_SCHEMES:
+        return [f"CONTINUUM_BROKER_URL scheme {scheme!r} is not a supported broker: use redis://, rediss://, "
+                f"sentinel://, amqp:// or amqps://"]
+    # sentinel URLs may list several hosts separated by ';' — every one must carry a strong password.
+    weak = sorted({why for part in url.split(";") if (why := _weak_secret(_url_password(part)))})
+    if weak:
+        label = "Redis" if scheme in {"redis", "rediss", "sentinel"} else "RabbitMQ"
+        return [f"the {label} password in CONTINUUM_BROKER_URL is {' / '.join(weak)}: "
+                f"use e.g. redis://:strong-password@host:6379/0 or amqp://user:strong-password@host//"]
+    return []
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,4 +1,5 @@
-"""Beat: start the pipeline on its schedule, and run the lease reaper. The schedule is plain data.
+"""Beat: start the pipeline on its schedule, and run the sweep (lease reaper + pipeline
+reconciliation, `common.orchestration.reaper.sweep`). The schedule is plain data.
 
 Schedules are 5-field cron strings (UTC; Celery's crontab field syntax, day-of-week 0/7 = Sunday,
 and both day fields must match) or `@every <N>s` (ticks at multiples of N seconds since the epoch).
@@ -129,16 +130,21 @@ class Beat:
 
 
 def beat_for(settings: Settings) -> Beat:
-    """A Beat wired to the real pipeline and reaper for `settings`."""
-    from scheduler.pipeline import start_pipeline
-    from workers.celery_app import app_for
-    from workers.reaper import reap_and_resend
+    """A Beat wired to the real pipeline and the sweep (reaper + pipeline reconciliation)."""
+    from common.orchestration.pipeline import start_pipeline
+    from common.orchestration.reaper import sweep
+    from workers.dispatch import orchestrator_for
 
-    app = app_for(settings)
+    orch = orchestrator_for(settings)
 
     def fire(entry: ScheduleEntry, tick: datetime) -> bool:
-        _, created = start_pipeline(settings, app, schedule=entry.name, tick=tick, params=entry.params)
+        _, created = start_pipeline(orch, schedule=entry.name, tick=tick, params=entry.params)
         return created
 
-    return Beat(schedule_from_settings(settings), fire, lambda: reap_and_resend(settings, app),
-                settings.reaper_interval_seconds)
+    def sweep_once() -> dict[str, Any]:
+        found = sweep(orch)
+        if any(found[k] for k in ("requeued", "dead", "resent")) or any(found["pipelines"].values()):
+            log.info("sweep: %s", found)
+        return found
+
+    return Beat(schedule_from_settings(settings), fire, sweep_once, settings.reaper_interval_seconds)

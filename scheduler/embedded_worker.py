@@ -1,14 +1,17 @@
 """Embedded mode: when a command needs a worker and none is live, start one for the command's duration.
 
 The worker is a real `continuum worker` process on the embedded broker: the same code path as a
-distributed deployment, nothing simulated.
+distributed deployment, nothing simulated. There is no beat in embedded mode, so an embedded worker
+also runs the sweep (reaper + pipeline reconciliation) in a background thread: `start_sweeper`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ from common.errors import ContinuumError
 from common.settings import Mode, Settings
 
 _REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("continuum.sweeper")
 
 
 @contextmanager
@@ -30,7 +34,7 @@ def worker_running(settings: Settings, queues: tuple[str, ...] = ("io", "cpu"), 
 
     In distributed mode workers are the operator's business: nothing is started.
     """
-    from scheduler.producer import live_queues
+    from common.orchestration.enqueue import live_queues
     from workers.resources import resources_for
 
     sessions = resources_for(settings).sessions
@@ -38,13 +42,17 @@ def worker_running(settings: Settings, queues: tuple[str, ...] = ("io", "cpu"), 
     if settings.mode is not Mode.embedded or all(q in served or (q == "cpu" and served & {"cuda", "mps"}) for q in queues):
         yield False
         return
+    from common.home import open_private_append
+
     log_path = settings.home / "logs" / "worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     name = f"embedded-{os.getpid()}@local"
-    with open(log_path, "ab") as log:
+    with open_private_append(log_path) as log_file:
+        # settings.home is absolute (resolved once when settings were built): the worker, started in the
+        # repository folder, must watch the same home as this command wherever it was run from.
         proc = subprocess.Popen(
             [sys.executable, "-c", "from scheduler.cli import main; main()", "worker", "-n", name, "-l", "INFO"],
-            cwd=_REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, CONTINUUM_HOME=str(settings.home)),
+            cwd=_REPO, stdout=log_file, stderr=subprocess.STDOUT,
+            env=dict(os.environ, CONTINUUM_HOME=str(settings.home.resolve())),
         )
     try:
         deadline = time.monotonic() + timeout
@@ -66,3 +74,26 @@ def worker_running(settings: Settings, queues: tuple[str, ...] = ("io", "cpu"), 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def start_sweeper(settings: Settings, stop: threading.Event, interval: float | None = None) -> threading.Thread:
+    """Run the sweep (reaper + reconciliation) every `interval` seconds (default
+    `reaper_interval_seconds`) until `stop` is set; errors are logged and retried next time."""
+    from common.orchestration.reaper import sweep
+    from workers.dispatch import orchestrator_for
+
+    period = settings.reaper_interval_seconds if interval is None else interval
+
+    def loop() -> None:
+        orch = orchestrator_for(settings)
+        while not stop.wait(period):
+            try:
+                found = sweep(orch)
+                if any(found[k] for k in ("requeued", "dead", "resent")) or any(found["pipelines"].values()):
+                    log.info("sweep: %s", found)
+            except Exception as exc:  # noqa: BLE001 - a busy database must not end the sweeper
+                log.warning("sweep failed (will retry): %s", exc)
+
+    thread = threading.Thread(target=loop, name="continuum-sweeper", daemon=True)
+    thread.start()
+    return thread

@@ -1,44 +1,18 @@
-"""The producer API: put a job in the ledger, then send its message to the right queue.
+"""The producer API for the CLI, the demo and tests: `enqueue_job(settings, kind, …)`.
 
-`device="auto"` routes ML jobs to the best device queue that a live worker serves (cuda > mps > cpu);
-`device="cuda"|"mps"|"cpu"` forces one. Light jobs (export, promote) always go to `io`.
+The logic lives in `common.orchestration.enqueue`; this wrapper only builds the process's
+orchestrator (database handles + the Celery sender). It imports downward only; nothing imports it
+except `scheduler/` itself, tests and benchmarks.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
-
-from common.db.engine import session_scope
-from common.db.models import Worker
-from common.errors import ValidationError
-from common.ledger import utc_now
+from common.orchestration.enqueue import DEVICES, choose_queue, live_queues
 from common.settings import Settings
-from workers.kinds import DEVICE_QUEUES, JobKind, job_kind
 
-DEVICES = ("auto", *DEVICE_QUEUES)
-
-
-def live_queues(settings: Settings, sessions: sessionmaker[Session]) -> set[str]:
-    """Queues served by at least one worker whose heartbeat is fresh."""
-    since = utc_now() - timedelta(seconds=settings.worker_live_seconds)
-    with session_scope(sessions) as session:
-        rows = session.scalars(select(Worker.queues).where(Worker.heartbeat_at >= since)).all()
-    return {queue for queues in rows for queue in (queues or [])}
-
-
-def choose_queue(settings: Settings, sessions: sessionmaker[Session], kind: JobKind, device: str = "auto") -> str:
-    if device not in DEVICES:
-        raise ValidationError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if not kind.needs_device:
-        return "io"
-    if device != "auto":
-        return device
-    served = live_queues(settings, sessions)
-    return next((queue for queue in DEVICE_QUEUES if queue in served), "cpu")
+__all__ = ["DEVICES", "choose_queue", "enqueue_job", "live_queues"]
 
 
 def enqueue_job(
@@ -50,26 +24,9 @@ def enqueue_job(
     pipeline_run_id: str | None = None,
     max_attempts: int | None = None,
 ) -> str:
-    """Create (or find, by idempotency key) a job and send its message; returns the job id.
+    """Create (or find, by idempotency key) a job and send its message; returns the job id."""
+    from common.orchestration.enqueue import enqueue_job as enqueue
+    from workers.dispatch import orchestrator_for
 
-    A job that already existed under the key is not sent again unless it is still queued (a resend is
-    harmless: the claim lets only one delivery run it).
-    """
-    from workers.celery_app import app_for
-    from workers.dispatch import send_job
-    from workers.resources import resources_for
-
-    spec = job_kind(kind)
-    resources = resources_for(settings)
-    queue = choose_queue(settings, resources.sessions, spec, device)
-    job, created = resources.ledger.create(
-        spec.name,
-        params or {},
-        queue=queue,
-        idempotency_key=idempotency_key,
-        max_attempts=max_attempts or settings.job_max_attempts,
-        pipeline_run_id=pipeline_run_id,
-    )
-    if created or job.state == "queued":
-        send_job(app_for(settings), job)
-    return job.id
+    return enqueue(orchestrator_for(settings), kind, params, idempotency_key=idempotency_key, device=device,
+                   pipeline_run_id=pipeline_run_id, max_attempts=max_attempts)

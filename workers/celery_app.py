@@ -9,6 +9,7 @@ below says why this workload needs it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
@@ -17,6 +18,8 @@ from kombu import Exchange, Queue
 from common.errors import ConfigError
 from common.settings import Settings
 from workers.kinds import ALL_QUEUES, KINDS, JobKind
+
+log = logging.getLogger("continuum.tasks")
 
 
 def _longest_hard_limit(settings: Settings) -> int:
@@ -44,6 +47,16 @@ def make_celery(settings: Settings) -> Celery:
             f"longest job hard time limit ({longest} s): raise it or lower CONTINUUM_JOB_SOFT_TIME_LIMITS"
         )
     broker = settings.resolved_broker_url
+    if broker.startswith("sqla+sqlite:///"):
+        from pathlib import Path
+
+        from common.home import ensure_private_dir, ensure_private_file
+
+        # The embedded broker holds every message: create it owner-only before kombu opens it (its
+        # WAL files then inherit the mode).
+        path = Path(broker.removeprefix("sqla+sqlite:///"))
+        ensure_private_dir(path.parent)
+        ensure_private_file(path)
     redis_broker = broker.startswith(("redis://", "rediss://", "sentinel://"))
     app = Celery("continuum", broker=broker, set_as_current=False)
     transport_options = _transport_options(settings)
@@ -114,6 +127,9 @@ def _register_job_task(app: Celery, kind: JobKind, settings: Settings) -> None:
                 idempotency_key=idempotency_key, unknown=unknown, message_id=self.request.id,
                 delivered_to=(self.request.delivery_info or {}).get("routing_key"),
             )
+        refused = _refuse_mismatch(self, kind, job_id)
+        if refused is not None:
+            return refused
         return execute_job(self, job_id)
 
     job_task.__name__ = job_task.__qualname__ = f"{kind.name}_task"
@@ -136,23 +152,53 @@ def _register_job_task(app: Celery, kind: JobKind, settings: Settings) -> None:
     )(job_task)
 
 
+def _refuse_mismatch(task, kind: JobKind, job_id: str) -> dict[str, Any] | None:
+    """Refuse a message whose job is of another kind, or that arrived on another queue than the job's.
+
+    Without this a bare `{"job_id": …}` ran whatever kind the row says wherever it arrived (a cpu job
+    on the io worker). The refusal touches nothing: no claim, no attempt used; the message is acked.
+    """
+    from sqlalchemy import select
+
+    from common.db.models import Job
+    from workers.resources import resources_for
+
+    ledger = resources_for(task.app.continuum_settings).ledger
+    with ledger.engine.connect() as conn:
+        row = conn.execute(select(Job.kind, Job.queue).where(Job.id == job_id)).first()
+    if row is None:
+        return None  # the claim reports it missing
+    delivered = (task.request.delivery_info or {}).get("routing_key")
+    if row.kind != kind.name:
+        why = f"it is a {row.kind!r} job, this task runs {kind.name!r}"
+    elif delivered and delivered != row.queue:
+        why = f"it belongs on queue {row.queue!r} but arrived on {delivered!r}"
+    else:
+        return None
+    log.warning("refused message for job %s at %s: %s (the job is unchanged)", job_id, kind.task_name, why)
+    return {"job_id": job_id, "ran": False, "refused": why}
+
+
 def _register_service_tasks(app: Celery) -> None:
     @app.task(name="continuum.reap", bind=True, shared=False, soft_time_limit=120, time_limit=180)
     def reap(self) -> dict[str, Any]:
-        """Requeue jobs whose lease expired (fail those out of attempts); re-send stale queued jobs."""
-        from workers.reaper import reap_and_resend
+        """Requeue jobs whose lease expired (fail those out of attempts); re-send stale queued jobs
+        (boundedly); advance or end stalled pipeline runs."""
+        from workers.reaper import sweep
 
-        return reap_and_resend(self.app.continuum_settings, self.app)
+        return sweep(self.app.continuum_settings, self.app)
 
     @app.task(name="continuum.pipeline_tick", bind=True, shared=False, soft_time_limit=120, time_limit=180)
     def pipeline_tick(self, schedule: str, tick: str) -> dict[str, Any]:
         """Start the pipeline run of (schedule, tick) unless one exists (idempotent)."""
         from datetime import datetime
 
-        from scheduler.pipeline import start_pipeline
+        from common.orchestration.pipeline import start_pipeline
+        from workers.dispatch import orchestrator_for
 
         run, created = start_pipeline(
-            self.app.continuum_settings, self.app, schedule=schedule, tick=datetime.fromisoformat(tick)
+            orchestrator_for(self.app.continuum_settings, self.app), schedule=schedule,
+            tick=datetime.fromisoformat(tick),
         )
         return {"pipeline_run_id": run.id, "created": created}
 

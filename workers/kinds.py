@@ -1,56 +1,11 @@
-"""The job kinds: Celery task name, default queue, how each runs, where its logic lives.
-
-Plain data, no imports of the logic: the Celery app, the producer and the CLI read this table; only
-the process that runs a job imports its `entry` (so the worker parent never imports torch).
-"""
+"""The job kinds (the table lives in `common.orchestration.kinds`) and `load_entry`, which imports a
+kind's logic — only the process that runs a job calls it, so the worker parent never imports torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from common.orchestration.kinds import ALL_QUEUES, DEVICE_QUEUES, KINDS, Isolation, JobKind, job_kind
 
-from common.errors import ValidationError
-
-Isolation = Literal["process", "inline"]
-
-# Device queues in routing preference order for `device=auto` (best first).
-DEVICE_QUEUES = ("cuda", "mps", "cpu")
-ALL_QUEUES = ("io", *DEVICE_QUEUES)
-
-
-@dataclass(frozen=True)
-class JobKind:
-    name: str
-    task_name: str
-    entry: str  # "module:function" taking a workers.context.JobContext, returning a JSON-able dict
-    isolation: Isolation  # "process": a subprocess per job (ML work); "inline": in the worker (light io)
-    needs_device: bool  # True: routed to cuda/mps/cpu by device; False: always the `io` queue
-
-    @property
-    def default_queue(self) -> str:
-        return "cpu" if self.needs_device else "io"
-
-
-KINDS: dict[str, JobKind] = {
-    kind.name: kind
-    for kind in (
-        JobKind("export", "continuum.export", "workers.export.job:run", "inline", needs_device=False),
-        JobKind("fisher", "continuum.fisher", "workers.fisher.logic:run", "process", needs_device=True),
-        JobKind("train", "continuum.train", "workers.train.logic:run", "process", needs_device=True),
-        JobKind("evaluate", "continuum.evaluate", "workers.evaluate.logic:run", "process", needs_device=True),
-        JobKind("promote", "continuum.promote", "workers.promote.logic:run", "inline", needs_device=False),
-        # Diagnostic kinds: exercise the machinery without ML (tests, benchmarks, smoke checks).
-        JobKind("sleep", "continuum.sleep", "workers.diagnostics.sleep:run", "process", needs_device=True),
-        JobKind("noop", "continuum.noop", "workers.diagnostics.noop:run", "inline", needs_device=False),
-    )
-}
-
-
-def job_kind(name: str) -> JobKind:
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise ValidationError(f"unknown job kind {name!r}; known kinds: {', '.join(sorted(KINDS))}") from None
+__all__ = ["ALL_QUEUES", "DEVICE_QUEUES", "KINDS", "Isolation", "JobKind", "job_kind", "load_entry"]
 
 
 def load_entry(kind: JobKind):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common.db.models import Adapter
+from common.errors import PermanentError
 from workers.base_model import base_model_id, resolve_base_model
 from workers.context import JobContext
 from workers.lineage import adapter_prefix
@@ -34,11 +35,35 @@ def load_base(ctx: JobContext) -> LoadedModel:
     return LoadedModel(model, tokenizer, device, base_model_id(ctx.settings))
 
 
+# Weight formats that unpickle on load: a manifest naming one is refused before anything is downloaded.
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+
+
+def check_safetensors_only(manifest: dict[str, Any], where: str) -> None:
+    """Refuse an adapter artifact that names a non-safetensors weight file (PEFT would fall back to
+    unpickling `adapter_model.bin`), or that has no safetensors weights at all."""
+    names = list(manifest.get("files", {}))
+    pickled = sorted(n for n in names if n.lower().endswith(PICKLED_WEIGHT_SUFFIXES))
+    if pickled:
+        raise PermanentError(
+            f"adapter at {where} names non-safetensors weight file(s) {pickled}: continuum loads safetensors only; "
+            f"republish it with save_pretrained(safe_serialization=True)"
+        )
+    if not any(n.endswith(".safetensors") for n in names):
+        raise PermanentError(f"adapter at {where} has no .safetensors weights: republish it with save_pretrained")
+
+
 def download_adapter_row(ctx: JobContext, adapter: Adapter, workdir: Path) -> Path:
-    """Download a published adapter version into `workdir`; returns the directory PEFT loads."""
+    """Download a published adapter version into `workdir`; returns the directory PEFT loads.
+
+    The manifest is checked first: only safetensors weights are ever downloaded and loaded.
+    """
+    from common.objectstore.artifacts import read_manifest
     from workers.learning.lora import download_adapter
 
-    return download_adapter(ctx.store, adapter_prefix(adapter), workdir / f"adapter-v{adapter.version}")
+    prefix = adapter_prefix(adapter)
+    check_safetensors_only(read_manifest(ctx.store, prefix), f"{ctx.store.url}/{prefix}")
+    return download_adapter(ctx.store, prefix, workdir / f"adapter-v{adapter.version}")
 
 
 def scratch_dir(ctx: JobContext) -> tempfile.TemporaryDirectory:

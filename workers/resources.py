@@ -48,9 +48,14 @@ _cache: dict[tuple[int, int], Resources] = {}
 
 
 def resources_for(settings: Settings) -> Resources:
-    """The Resources of this process for `settings` (one engine per process and settings object)."""
+    """The Resources of this process for `settings` (one engine per process and settings object).
+
+    Keyed by `id()` for speed (this runs once per job), but an id is only unique among LIVE objects:
+    the entry is used only when it was built for this very object (`is`), so a new Settings that
+    happens to reuse a dead one's id never gets the other database's engine.
+    """
     key = (os.getpid(), id(settings))
     found = _cache.get(key)
-    if found is None:
+    if found is None or found.settings is not settings:
         found = _cache[key] = Resources(settings)
     return found

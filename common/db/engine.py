@@ -19,7 +19,11 @@ def create_db_engine(url: str, **kwargs) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            from common.home import ensure_private_dir, ensure_private_file
+
+            # The embedded database holds every feedback row: owner-only folder and file.
+            ensure_private_dir(Path(parsed.database).parent)
+            ensure_private_file(Path(parsed.database))
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")

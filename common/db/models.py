@@ -133,6 +133,9 @@ class Dataset(Base):
     max_feedback_id: Mapped[int | None] = mapped_column(BigId)
     policy: Mapped[dict[str, Any]] = mapped_column(JSON)
     job_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    # 'pending': rows claimed and committed, shard not yet finalised (the export uploads outside any
+    # database transaction); 'ready': published, its manifest exists. Readers use only 'ready'.
+    state: Mapped[str] = mapped_column(String(20), default="ready", server_default=text("'ready'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -165,6 +168,16 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(20), default=JobState.queued.value, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # The fencing token: bumped by every successful claim and never reset (attempts is not strictly
+    # increasing: a hand-back gives the attempt back). A final write is accepted only with the token
+    # of the live lease, so a stale runner's work never becomes visible.
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Consecutive hand-backs (release) without progress; past the cap the job is dead-lettered.
+    releases: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # --- issue 9 F: bounded re-sends (common.orchestration.reaper) ---
+    # Re-sends of a never-claimed queued job by the reaper; past `queued_max_resends` it is failed.
+    send_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_sent_at: Mapped[datetime | None] = mapped_column()
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()

@@ -11,5 +11,7 @@ from common.ledger.ledger import (
     is_finished,
     utc_now,
 )
+from common.ledger.fencing import CancelledAtFinish, FinishRefused, LeaseLost
 
-__all__ = ["Claim", "ClaimOutcome", "Heartbeat", "JobLedger", "ReapResult", "is_finished", "utc_now"]
+__all__ = ["CancelledAtFinish", "Claim", "ClaimOutcome", "FinishRefused", "Heartbeat", "JobLedger", "LeaseLost",
+           "ReapResult", "is_finished", "utc_now"]

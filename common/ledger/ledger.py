@@ -10,7 +10,11 @@ Every hot-path transition (create, claim, heartbeat, finish) is ONE statement wi
 autocommit: a single statement is atomic on its own, and skipping BEGIN/COMMIT round trips keeps the
 ledger's cost per job close to Celery's own (bench/dispatch.py).
 
-Times are UTC. SQLite stores them naive; `_aware` reads them back as UTC.
+Lease times come from the DATABASE's clock (`dbclock`): a process whose own clock is skewed can
+neither steal a live lease nor keep a dead one. Every claim bumps `lease_token`, the fencing token that
+a job's final write must still hold (`fenced_finish`).
+
+Times are UTC (SQLite stores them naive, in UTC).
 """
 
 from __future__ import annotations
@@ -19,31 +23,33 @@ import enum
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, func, select, update
+from sqlalchemy import Engine, create_engine, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.engine import session_scope
 from common.db.models import Job, JobState
 from common.errors import DatabaseUnavailable, NotFound, ValidationError
+from common.ledger.dbclock import db_now, seconds_from_now
 from common.ledger.driver_statements import DriverStatements
+from common.ledger.fencing import FencedWrites
+from common.ledger.reaping import ReapResult, Reaping  # noqa: F401 - ReapResult is part of the API
+from common.ledger.statements import HotStatements
 
 Clock = Callable[[], datetime]
+
+# A job handed back this many times in a row without progress is dead-lettered (a poison job that is
+# always stopped before it gets anywhere would otherwise loop forever: a release gives the attempt back).
+DEFAULT_MAX_RELEASES = 5
 
 _FINISHED = [s.value for s in JobState if s.finished]
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=timezone.utc)
 
 
 class ClaimOutcome(str, enum.Enum):
@@ -66,6 +72,11 @@ class Claim:
     def ok(self) -> bool:
         return self.outcome is ClaimOutcome.claimed
 
+    @property
+    def token(self) -> int | None:
+        """The fencing token of a successful claim (the job's new `lease_token`)."""
+        return self.job.lease_token if self.ok and self.job is not None else None
+
 
 @dataclass(frozen=True)
 class Heartbeat:
@@ -73,21 +84,18 @@ class Heartbeat:
 
     lease_held: bool
     cancel_requested: bool
+    finished: bool = False  # the job was finished by this attempt's own fenced final write
 
 
-@dataclass(frozen=True)
-class ReapResult:
-    requeued: list[str]  # running jobs whose lease expired, queued again: send their message again
-    dead: list[str]  # expired and out of attempts: now `failed`
-    resend: list[str]  # queued too long without a claim (message lost?): send their message again
-
-
-class JobLedger:
+class JobLedger(FencedWrites, Reaping):
     """Create, claim and finish jobs; all methods are safe to call from many processes at once."""
 
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock = utc_now):
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock = utc_now,
+                 max_releases: int = DEFAULT_MAX_RELEASES):
         self._sessions = sessions
+        # Only non-lease times (created_at of new rows) come from this clock; leases use the database's.
         self._clock = clock
+        self.max_releases = max_releases
         bind: Engine = sessions.kw["bind"]
         if bind.dialect.name == "postgresql":
             # Its own small pool: autocommit connections need no reset-on-return ROLLBACK, and instead of
@@ -99,7 +107,7 @@ class JobLedger:
         else:
             self._autocommit = bind.execution_options(isolation_level="AUTOCOMMIT")
             self._owns_autocommit = False
-        self._hot = _HotStatements(bind.dialect.name)
+        self._hot = HotStatements(bind.dialect.name)
         # Postgres: the three per-job statements go straight to the driver as SQL compiled once;
         # SQLAlchemy's execution layer cost ~0.2 ms of CPU per statement, a third of the ledger's
         # cost per job on 2 busy cores (bench/dispatch.py). Same statements, same guarantees.
@@ -215,90 +223,131 @@ class JobLedger:
     # ---------------------------------------------------------------- the lease
 
     def claim(self, job_id: str, owner: str, lease_seconds: float) -> Claim:
-        """Take the job if it is queued, or running under an expired lease, and has attempts left."""
-        now = self._clock()
-        claimed = self._hot_statement(
-            "claim",
-            {"job_id": job_id, "owner": owner, "now": now, "expires": now + timedelta(seconds=lease_seconds)},
-        )
-        if claimed is not None:
-            return Claim(ClaimOutcome.claimed, Job(**claimed))
-        return self._explain_refusal(job_id, now)
+        """Take the job if it is queued, or running under an expired lease, and has attempts left.
 
-    def _explain_refusal(self, job_id: str, now: datetime) -> Claim:
+        A successful claim bumps the job's fencing token (`Claim.token`). A refusal is explained, and
+        only a job that is *still* out of attempts (or cancelled) when we look is closed: a duplicate
+        delivery that races the holder's hand-back must never dead-letter a job with attempts left.
+        """
+        for _ in range(3):
+            claimed = self._hot_statement(
+                "claim", {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
+            )
+            if claimed is not None:
+                return Claim(ClaimOutcome.claimed, Job(**claimed))
+            refusal = self._explain_refusal(job_id)
+            if refusal is not None:
+                return refusal
+            # The job changed between our claim and our look (e.g. handed back to the queue): try again.
+        job = self.find(job_id)
+        return Claim(ClaimOutcome.busy, job) if job is not None else Claim(ClaimOutcome.missing)
+
+    def _explain_refusal(self, job_id: str) -> Claim | None:
+        """Why the claim found nothing to take; None when the job is claimable after all (it moved)."""
         job = self.find(job_id)
         if job is None:
             return Claim(ClaimOutcome.missing)
         state = JobState(job.state)
         if state.finished:
             return Claim(ClaimOutcome.finished, job)
-        expired = state is JobState.running and (_aware(job.lease_expires_at) or now) < now
-        if state is JobState.running and not expired:
+        if state is JobState.running and not self._lease_expired(job_id):
             return Claim(ClaimOutcome.busy, job)
-        # Queued, or running under a dead lease, yet not claimable: cancelled or out of attempts.
-        if job.cancel_requested:
-            self._finish_unowned(job_id, JobState.cancelled, "cancelled before it could run")
+        # Queued, or running under a dead lease, yet not claimable: cancelled or out of attempts —
+        # each closing UPDATE re-checks its own reason, so a job that just came back with attempts
+        # left is not touched (the race that used to say "gave up after 0 attempts").
+        if job.cancel_requested and self._finish_unowned(
+            job_id, JobState.cancelled, "cancelled before it could run", Job.cancel_requested.is_(True)
+        ):
             return Claim(ClaimOutcome.cancelled, self.get(job_id))
         reason = f"gave up after {job.attempts} attempts; last error: {job.error or 'worker lost (lease expired)'}"
-        self._finish_unowned(job_id, JobState.failed, reason)
-        return Claim(ClaimOutcome.exhausted, self.get(job_id))
+        if self._finish_unowned(job_id, JobState.failed, reason, Job.attempts >= Job.max_attempts):
+            return Claim(ClaimOutcome.exhausted, self.get(job_id))
+        return None  # it moved under us (handed back, lease just expired, …): the caller claims again
 
-    def _finish_unowned(self, job_id: str, state: JobState, error: str) -> None:
-        """Close a job nobody holds a live lease on (queued, or its lease expired)."""
-        now = self._clock()
+    def _lease_expired(self, job_id: str) -> bool:
         with session_scope(self._sessions) as session:
-            session.execute(
+            return bool(session.scalar(
+                select(func.count()).select_from(Job).where(Job.id == job_id, Job.lease_expires_at < db_now())
+            ))
+
+    def _finish_unowned(self, job_id: str, state: JobState, error: str, *conditions: Any) -> bool:
+        """Close a job nobody holds a live lease on (queued, or its lease expired), if `conditions`
+        still hold; returns whether it did."""
+        now = db_now()
+        with session_scope(self._sessions) as session:
+            return bool(session.execute(
                 update(Job)
                 .where(
                     Job.id == job_id,
                     (Job.state == JobState.queued.value)
                     | ((Job.state == JobState.running.value) & (Job.lease_expires_at < now)),
+                    *conditions,
                 )
                 .values(state=state.value, error=error, lease_owner=None, lease_expires_at=None,
                         finished_at=now, updated_at=now)
                 .execution_options(synchronize_session=False)
-            )
+            ).rowcount)
 
     def heartbeat(
-        self, job_id: str, owner: str, lease_seconds: float, progress: dict[str, Any] | None = None
+        self, job_id: str, owner: str, lease_seconds: float, progress: dict[str, Any] | None = None,
+        token: int | None = None,
     ) -> Heartbeat:
-        """Extend the lease (and record progress); tells whether we still hold it and if cancel was asked."""
-        now = self._clock()
+        """Extend the lease (and record progress); tells whether we still hold it and if cancel was asked.
+
+        The new expiry is the database's now + `lease_seconds`: the caller's clock plays no part.
+        """
+        now = db_now()
         values: dict[str, Any] = dict(
-            lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, updated_at=now
+            lease_expires_at=seconds_from_now(lease_seconds), heartbeat_at=now, updated_at=now
         )
         if progress is not None:
             values["progress"] = progress
         row = self._one_statement(
             update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
+            .where(*self._holds(job_id, owner, token))
             .values(**values)
             .returning(Job.cancel_requested)
         )
         if row is None:  # lease lost; still tell whether a cancel was asked for
             with session_scope(self._sessions) as session:
-                cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-            return Heartbeat(lease_held=False, cancel_requested=bool(cancel))
+                found = session.execute(
+                    select(Job.cancel_requested, Job.state, Job.lease_token).where(Job.id == job_id)
+                ).first()
+            if found is not None and token is not None and found.lease_token == token and found.state in (
+                JobState.succeeded.value, JobState.skipped.value
+            ):
+                # Our own job process's fenced final write finished the job: nothing was lost; let the
+                # runner wait for the process to exit with its result instead of killing it.
+                return Heartbeat(lease_held=True, cancel_requested=False, finished=True)
+            return Heartbeat(lease_held=False, cancel_requested=bool(found and found.cancel_requested))
         return Heartbeat(lease_held=True, cancel_requested=bool(row.cancel_requested))
 
-    def _transition(self, job_id: str, owner: str, **values: Any) -> bool:
+    @staticmethod
+    def _holds(job_id: str, owner: str, token: int | None, *extra: Any) -> list[Any]:
+        """WHERE: `owner` (with `token`, when given) holds the job's lease. Owners are unique per claim."""
+        where = [Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value, *extra]
+        if token is not None:
+            where.append(Job.lease_token == token)
+        return where
+
+    def _transition(self, job_id: str, owner: str, *extra: Any, token: int | None = None, **values: Any) -> bool:
         """Leave `running`, only if `owner` still holds the lease. Returns whether it did."""
-        now = self._clock()
-        values.setdefault("updated_at", now)
+        values.setdefault("updated_at", db_now())
         values.setdefault("lease_owner", None)
         values.setdefault("lease_expires_at", None)
         return bool(self._one_statement(
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.running.value)
-            .values(**values)
+            update(Job).where(*self._holds(job_id, owner, token, *extra)).values(**values)
         ))
 
     def succeed(self, job_id: str, owner: str, result: dict[str, Any] | None = None,
-                state: JobState = JobState.succeeded) -> bool:
-        """Record success (or `skipped`, a success that decided there was nothing to do)."""
+                state: JobState = JobState.succeeded, token: int | None = None) -> bool:
+        """Record success (or `skipped`), only under a live lease (database clock); returns whether
+        it was accepted. A job whose logic already finished it with `fenced_finish` reads as not
+        accepted here: use `finished_with` to tell that our own fenced write did it."""
+        del token  # the owner is unique per claim; the statement is compiled once without it
         return bool(self._hot_statement(
             "finish",
-            {"job_id": job_id, "owner": owner, "new_state": state.value, "result": result or {}, "now": self._clock()},
+            {"job_id": job_id, "owner": owner, "new_state": state.value, "result": result or {}},
         ))
 
     def fail(self, job_id: str, owner: str, error: str, *, retryable: bool) -> JobState:
@@ -317,26 +366,43 @@ class JobLedger:
             reason = f"cancel requested; last error: {error}"
         else:
             reason = f"gave up after {job.attempts} attempts; last error: {error}"
-        self._transition(job_id, owner, state=JobState.failed.value, error=reason, finished_at=self._clock())
+        self._transition(job_id, owner, state=JobState.failed.value, error=reason, finished_at=db_now())
         return JobState(self.get(job_id).state)
 
-    def release(self, job_id: str, owner: str, reason: str) -> bool:
-        """Hand the job back after a clean checkpoint (shutdown, soft time limit).
+    def release(self, job_id: str, owner: str, reason: str, *, made_progress: bool = True,
+                token: int | None = None) -> bool:
+        """Hand the job back after a clean checkpoint (shutdown, soft time limit); True when it is
+        queued again (the caller re-sends it).
 
         A clean hand-back is not a failed try, so it gives the attempt back: a long job that is
-        preempted many times is not dead-lettered for it. Crashes still count.
+        preempted many times is not dead-lettered for it. But a job handed back `max_releases` times
+        in a row *without progress* is a poison job that would loop forever: it ends `failed`.
         """
-        return self._transition(
-            job_id, owner, state=JobState.queued.value, attempts=Job.attempts - 1, error=f"requeued: {reason}"
+        releases = Job.releases + 1 if not made_progress else 0
+        if self._transition(
+            job_id, owner, *([] if made_progress else [Job.releases + 1 < self.max_releases]), token=token,
+            state=JobState.queued.value, attempts=Job.attempts - 1, releases=releases, error=f"requeued: {reason}",
+        ):
+            return True
+        self._transition(
+            job_id, owner, token=token, state=JobState.failed.value, releases=releases, finished_at=db_now(),
+            error=(f"handed back {self.max_releases} times in a row without progress (last: {reason}); "
+                   "raise its time limit or fix the job, then `continuum jobs retry`"),
         )
+        return False
 
     def mark_cancelled(self, job_id: str, owner: str, reason: str = "cancelled on request") -> bool:
-        return self._transition(job_id, owner, state=JobState.cancelled.value, error=reason,
-                                finished_at=self._clock())
+        return self._transition(job_id, owner, state=JobState.cancelled.value, error=reason, finished_at=db_now())
+
+    def cancel_if_requested(self, job_id: str, owner: str) -> bool:
+        """`owner` still holds the job and a cancel was requested: record it cancelled (a success that
+        came after the cancel request is refused by `succeed`)."""
+        return self._transition(job_id, owner, Job.cancel_requested.is_(True), state=JobState.cancelled.value,
+                                error="cancelled on request", finished_at=db_now())
 
     def request_cancel(self, job_id: str) -> JobState:
         """Ask a job to stop: a queued job is cancelled now, a running one at its next heartbeat."""
-        now = self._clock()
+        now = db_now()
         with session_scope(self._sessions) as session:
             session.execute(
                 update(Job)
@@ -355,12 +421,12 @@ class JobLedger:
 
     def retry(self, job_id: str, extra_attempts: int = 1) -> Job:
         """Put a `failed` or `cancelled` job back in the queue with more attempts (operator action)."""
-        now = self._clock()
+        now = db_now()
         with session_scope(self._sessions) as session:
             moved = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state.in_([JobState.failed.value, JobState.cancelled.value]))
-                .values(state=JobState.queued.value, cancel_requested=False,
+                .values(state=JobState.queued.value, cancel_requested=False, releases=0,
                         max_attempts=Job.attempts + extra_attempts, finished_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             ).rowcount
@@ -369,134 +435,12 @@ class JobLedger:
             raise ValidationError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried")
         return job
 
-    # ---------------------------------------------------------------- the reaper
-
-    def reap(self, resend_after_seconds: float) -> ReapResult:
-        """Requeue running jobs whose lease expired (or fail them when out of attempts), and list
-        queued jobs nobody claimed for `resend_after_seconds` (their message may be lost).
-
-        Each move is a conditional UPDATE, so two reapers at once never double-handle a job.
-        """
-        now = self._clock()
-        requeued: list[str] = []
-        dead: list[str] = []
-        resend: list[str] = []
-        with session_scope(self._sessions) as session:
-            expired = session.execute(
-                select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.error).where(
-                    Job.state == JobState.running.value, Job.lease_expires_at < now
-                )
-            ).all()
-            stale = session.scalars(
-                select(Job.id).where(
-                    Job.state == JobState.queued.value,
-                    Job.updated_at < now - timedelta(seconds=resend_after_seconds),
-                )
-            ).all()
-        for job_id, attempts, max_attempts, cancel, error in expired:
-            if cancel:
-                target, note = JobState.cancelled, "cancelled (its worker was lost)"
-            elif attempts >= max_attempts:
-                target, note = JobState.failed, f"gave up after {attempts} attempts; last: worker lost (lease expired)"
-            else:
-                target, note = JobState.queued, f"lease expired (worker lost) after attempt {attempts}; requeued"
-            if self._move_expired(job_id, target, note, now):
-                (requeued if target is JobState.queued else dead).append(job_id)
-        for job_id in stale:
-            if self._touch_queued(job_id, now, resend_after_seconds):
-                resend.append(job_id)
-        return ReapResult(requeued=requeued, dead=dead, resend=resend)
-
-    def _move_expired(self, job_id: str, target: JobState, note: str, now: datetime) -> bool:
-        values: dict[str, Any] = dict(state=target.value, lease_owner=None, lease_expires_at=None, updated_at=now)
-        values["error"] = note
-        if target.finished:
-            values["finished_at"] = now
-        with session_scope(self._sessions) as session:
-            return bool(
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == JobState.running.value, Job.lease_expires_at < now)
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
-                ).rowcount
-            )
-
-    def _touch_queued(self, job_id: str, now: datetime, resend_after_seconds: float) -> bool:
-        """Bump `updated_at` so only one reaper re-sends a stale job per period."""
-        with session_scope(self._sessions) as session:
-            return bool(
-                session.execute(
-                    update(Job)
-                    .where(
-                        Job.id == job_id,
-                        Job.state == JobState.queued.value,
-                        Job.updated_at < now - timedelta(seconds=resend_after_seconds),
-                    )
-                    .values(updated_at=now)
-                    .execution_options(synchronize_session=False)
-                ).rowcount
-            )
-
     def counts_by_state(self, job_ids: Sequence[str] | None = None) -> dict[str, int]:
         query = select(Job.state, func.count()).group_by(Job.state)
         if job_ids is not None:
             query = query.where(Job.id.in_(list(job_ids)))
         with session_scope(self._sessions) as session:
             return {state: count for state, count in session.execute(query)}
-
-
-def _insert_ignoring_conflict(dialect: str, values: dict[str, Any]):
-    """INSERT … ON CONFLICT (idempotency_key) DO NOTHING in the given dialect."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - only the two databases we support
-        raise ValidationError(f"unsupported database dialect {dialect!r}: use PostgreSQL or SQLite")
-    return insert(Job).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
-
-
-class _HotStatements:
-    """The three statements every job runs (create, claim, succeed), built once with bind parameters:
-    rebuilding a SQLAlchemy statement per call costs more CPU than the database round trip."""
-
-    def __init__(self, dialect: str):
-        jobs = Job.__table__
-        c = jobs.c
-        names = ("id", "kind", "params", "queue", "state", "attempts", "max_attempts", "cancel_requested",
-                 "idempotency_key", "pipeline_run_id", "created_at", "updated_at")
-        self.create = _insert_ignoring_conflict(
-            dialect, {name: bindparam(name, type_=c[name].type) for name in names}
-        ).returning(c.id)
-        now = bindparam("now", type_=c.updated_at.type)
-        self.claim = (
-            update(jobs)
-            .where(
-                c.id == bindparam("job_id"),
-                c.cancel_requested.is_(False),
-                c.attempts < c.max_attempts,
-                (c.state == JobState.queued.value)
-                | ((c.state == JobState.running.value) & (c.lease_expires_at < now)),
-            )
-            .values(
-                state=JobState.running.value,
-                attempts=c.attempts + 1,
-                lease_owner=bindparam("owner"),
-                lease_expires_at=bindparam("expires", type_=c.lease_expires_at.type),
-                heartbeat_at=now,
-                started_at=func.coalesce(c.started_at, now),
-                updated_at=now,
-            )
-            .returning(*c)
-        )
-        self.finish = (
-            update(jobs)
-            .where(c.id == bindparam("job_id"), c.lease_owner == bindparam("owner"),
-                   c.state == JobState.running.value)
-            .values(state=bindparam("new_state"), result=bindparam("result", type_=c.result.type), error=None,
-                    lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now)
-        )
 
 
 def is_finished(state: str) -> bool:

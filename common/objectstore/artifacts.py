@@ -1,4 +1,5 @@
-"""Multi-file artifacts (datasets, adapters, Fisher, checkpoints) published with the manifest LAST.
+"""Multi-file artifacts (datasets, adapters, Fisher, checkpoints) published with the manifest LAST, and
+never modified once complete.
 
 An artifact is a prefix holding files plus `manifest.json`. The manifest lists every file with its size
 and sha256 and is written only after all files are uploaded, so "complete" == "has a manifest": a
@@ -33,8 +34,11 @@ def publish_artifact(
 ) -> dict[str, Any]:
     """Upload `files` (name → local path) under `prefix`, then write the manifest; returns the manifest.
 
-    Re-publishing the same prefix (a retried job) overwrites the same keys: job-scoped prefixes make
-    the retry idempotent instead of producing a second artifact.
+    A complete artifact is immutable: when `prefix` already has a manifest, nothing is uploaded, nothing
+    deleted, and the existing manifest is returned (a retry of the same publish is a no-op). Deleting
+    that manifest to re-publish — what this did before — left a registered artifact without one for
+    the whole upload. Writers that could race on one prefix must not share it: jobs publish under
+    attempt-scoped prefixes (`JobContext.attempt_prefix`).
     """
     validate_key(prefix)
     reserved = {"prefix", "files", "created_at"} & set(manifest_extra or {})
@@ -44,8 +48,8 @@ def publish_artifact(
         validate_key(name)
         if name.rsplit("/", 1)[-1] == MANIFEST:
             raise PermanentError(f"artifact file {name!r} may not be named {MANIFEST} (reserved for the manifest)")
-    # A republished prefix must not look complete while its files are being replaced.
-    store.delete(join(prefix, MANIFEST))
+    if is_complete(store, prefix):
+        return read_manifest(store, prefix)
     entries = {}
     for name, path in sorted(files.items()):
         path = Path(path)

@@ -1,4 +1,8 @@
-"""A local-folder ObjectStore: the embedded default, and a real alternative to S3 in tests."""
+"""A local-folder ObjectStore: the embedded default, and a real alternative to S3 in tests.
+
+Objects hold feedback and models, so they are private to the user running continuum: folders are
+created 0700 and objects 0600 (the embedded home is one user's; distributed mode uses S3).
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,21 @@ from common.objectstore.keys import validate_key, validate_prefix
 _TMP_SUFFIX = ".continuum-partial"
 
 
+def _private_dirs(path: Path) -> None:
+    """mkdir -p with mode 0700 for every folder it creates (mkdir's `mode` only covers the last)."""
+    if path.is_dir():
+        return
+    _private_dirs(path.parent)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass  # another writer made it meanwhile
+
+
 class LocalObjectStore(ObjectStore):
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.url = f"file://{self.root}"
 
     def _path(self, key: str) -> Path:
@@ -63,7 +78,7 @@ class LocalObjectStore(ObjectStore):
     def open_write(self, key: str) -> Iterator[BinaryIO]:
         path = self._path(key)
         with self._os_errors(key, writing=True):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_dirs(path.parent)
             if path.is_dir():
                 raise IsADirectoryError(21, "is a prefix of other keys")
             # Write beside the target, then rename: readers never see a partial object.
@@ -74,8 +89,7 @@ class LocalObjectStore(ObjectStore):
                 if not fh.closed:  # the caller (or a wrapper such as TextIOWrapper) may have closed it
                     fh.flush()
             with self._os_errors(key, writing=True):
-                # mkstemp makes 0600 files; objects are shared with other local processes like S3 objects.
-                os.chmod(tmp, 0o644)
+                # mkstemp already makes the file 0600 (owner only): kept, objects hold user data.
                 with open(tmp, "rb") as synced:
                     os.fsync(synced.fileno())  # durable before it becomes visible
                 os.replace(tmp, path)

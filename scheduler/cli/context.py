@@ -22,7 +22,13 @@ class CliState:
         if self._settings is None:
             from common.settings import load_settings
 
-            self._settings = load_settings().check()
+            self._settings = load_settings().check()  # `home` is made absolute here, once
+            from common.settings import Mode
+
+            if self._settings.mode is Mode.embedded:
+                from common.home import ensure_private_dir
+
+                ensure_private_dir(self._settings.home, tighten=True)  # all feedback lives here: 0700
         return self._settings
 
     def sessions(self, migrate: bool = True):

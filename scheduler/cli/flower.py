@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import typer
 
@@ -13,12 +14,14 @@ def register(app: typer.Typer) -> None:
     @app.command("flower")
     def flower(
         port: int = typer.Option(None, "--port", help="Listen port (default CONTINUUM_FLOWER_PORT)."),
-        address: str = typer.Option("0.0.0.0", "--address", help="Listen address."),
+        address: Optional[str] = typer.Option(
+            None, "--address", help="Listen address (default CONTINUUM_FLOWER_ADDRESS, 127.0.0.1)."),
     ) -> None:
         """Start Flower (queues, workers, tasks and their progress events)."""
         from workers.celery_app import make_celery
 
         settings = state.settings
+        address = address or settings.flower_address  # loopback unless told: Flower can revoke tasks
         auth = settings.check_flower_auth()
         celery = make_celery(settings)
         argv = ["flower", f"--port={port or settings.flower_port}", f"--address={address}"]

@@ -1,4 +1,4 @@
-"""`continuum pipeline …`: run, list, show and resume export → fisher → train → evaluate → promote."""
+"""`continuum pipeline …`: run, list, show, cancel and resume export → fisher → train → evaluate → promote."""
 
 from __future__ import annotations
 
@@ -90,10 +90,23 @@ def register(app: typer.Typer) -> None:
             table.add_row(step, info["job_id"], info["state"], str(info["attempts"]), detail[:80])
         console.print(table)
 
+    @pipeline.command("cancel")
+    def cancel(run_id: str = typer.Argument(..., help="A running run."),
+               json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+        """End a running run as cancelled and cancel its live step job (a running job stops at its next heartbeat)."""
+        from scheduler.pipeline import cancel_pipeline
+
+        result = cancel_pipeline(state.settings, run_id)
+        if json_output:
+            print_json({"id": run_id, **result})
+            return
+        step = f"; step job {result['job_id']} is {result['job_state']}" if result["job_id"] else ""
+        console.print(f"run {run_id} cancelled{step}")
+
     @pipeline.command("resume")
-    def resume(run_id: str = typer.Argument(..., help="A failed or cancelled run."),
+    def resume(run_id: str = typer.Argument(..., help="A failed, cancelled or stalled running run."),
                params: Optional[str] = typer.Option(None, "--params", help="JSON overrides for the failed step.")) -> None:
-        """Resume a failed run from its failed step (earlier steps are not repeated)."""
+        """Resume a run from its current step (earlier steps are not repeated); also moves a stalled running run on."""
         from scheduler.pipeline import resume_pipeline
 
         job_id = resume_pipeline(state.settings, run_id, json.loads(params) if params else None)

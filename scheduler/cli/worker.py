@@ -21,6 +21,7 @@ from typing import Optional
 
 import typer
 
+from common.settings import Mode
 from scheduler.cli.context import console, state
 
 _DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -81,6 +82,13 @@ def register(app: typer.Typer) -> None:
             f"worker [bold]{node}[/bold]: device={found['device']} ({found.get('name', '')}) "
             f"queues={','.join(chosen)} pool={pool} concurrency={procs} broker={_redacted(settings.resolved_broker_url)}"
         )
+        if settings.mode is Mode.embedded:
+            # No beat in embedded mode: the worker itself reaps leases and reconciles pipelines.
+            import threading
+
+            from scheduler.embedded_worker import start_sweeper
+
+            start_sweeper(settings, threading.Event())
         celery.worker_main(
             [
                 "worker", "-Q", ",".join(chosen), "-P", pool, "-c", str(procs), "-n", node, "-l", loglevel,

@@ -40,7 +40,11 @@ def _distributed_env(db_port: int, broker_port: int, tmp_path: Path) -> dict[str
         "CONTINUUM_MODE": "distributed",
         "CONTINUUM_DATABASE_URL": f"postgresql+psycopg://continuum:Not-A-Default-pw9@127.0.0.1:{db_port}/continuum",
         "CONTINUUM_BROKER_URL": f"redis://:Not-A-Default-pw9@127.0.0.1:{broker_port}/0",
-        "CONTINUUM_STORAGE_URL": (tmp_path / "objects").as_uri(),
+        # s3 (distributed mode refuses a local folder); never reached: the database fails first.
+        "CONTINUUM_STORAGE_URL": "s3://continuum-test/objects",
+        "CONTINUUM_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "CONTINUUM_S3_ACCESS_KEY_ID": "test-access-key",
+        "CONTINUUM_S3_SECRET_ACCESS_KEY": "Not-A-Default-pw9",
     }
 
 

@@ -169,16 +169,21 @@ def test_crash_between_upload_and_commit_then_retry(backend):
 
     with pytest.raises(RuntimeError, match="worker died"):
         export_feedback(backend.sessions, backend.store, config(), "job-crash", after_upload=crash)
-    assert backend.datasets() == []
-    assert all(f.dataset_id is None for f in backend.feedback())
+    # The claim committed before the upload (no lock held across it): the rows are this job's,
+    # in a dataset still `pending` that nothing reads.
+    [pending] = backend.datasets()
+    assert pending.state == "pending" and pending.sha256 == ""
+    assert all(f.dataset_id == pending.id for f in backend.feedback())
     uploaded = sorted(backend.store.list("datasets/"))
-    assert len(uploaded) == 2  # the orphan shard + manifest under the job's prefix
+    assert len(uploaded) == 2  # the shard + manifest under the job's prefix, no row names them yet
 
+    backend.seed(rows(3, start=100))  # late rows: not part of this job's claim
     retry = export_feedback(backend.sessions, backend.store, config(), "job-crash")
-    assert retry.status == "exported" and retry.claimed == 40
+    assert retry.status == "exported" and retry.claimed == 40  # resumed its own claim
     [dataset] = backend.datasets()
-    assert sorted(backend.store.list("datasets/")) == uploaded  # same keys, overwritten
-    assert all(f.dataset_id == dataset.id for f in backend.feedback())
+    assert dataset.id == pending.id and dataset.state == "ready"
+    assert sorted(backend.store.list("datasets/")) == uploaded  # same keys, rewritten
+    assert [f.dataset_id for f in backend.feedback()] == [dataset.id] * 40 + [None] * 3
     assert read_dataset_manifest(backend.store, dataset.uri)["sha256"] == dataset.sha256
     # Running the finished job again does not export again.
     again = export_feedback(backend.sessions, backend.store, config(), "job-crash")
@@ -202,10 +207,10 @@ def test_killed_process_between_upload_and_commit_loses_nothing(postgres_s3):
     env = {**os.environ, **postgres_s3.env}
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 17, done.stderr
-    assert postgres_s3.datasets() == []
-    assert all(f.dataset_id is None for f in postgres_s3.feedback())
+    [pending] = postgres_s3.datasets()
+    assert pending.state == "pending" and all(f.dataset_id == pending.id for f in postgres_s3.feedback())
     retry = export_feedback(postgres_s3.sessions, postgres_s3.store, ExportConfig.create(), "job-killed")
-    assert retry.claimed == 25 and len(postgres_s3.datasets()) == 1
+    assert retry.claimed == 25 and [d.state for d in postgres_s3.datasets()] == ["ready"]
 
 
 def test_below_minimum_is_skipped_and_leaves_rows_unclaimed(backend):
@@ -478,13 +483,13 @@ class _BreaksAfterFirstWrite:
         return self._fh.write(data)
 
 
-def test_upload_failure_rolls_back_the_claim(sqlite_local, tmp_path):
+def test_upload_failure_keeps_the_claim_for_the_retry(sqlite_local, tmp_path):
     sqlite_local.seed(rows(3_000))
     store = _FailingStore(tmp_path / "failing")
     with pytest.raises(ObjectStoreUnavailable, match="connection reset"):
         export_feedback(sqlite_local.sessions, store, config(fetch_rows=500), "job-net")
-    assert sqlite_local.datasets() == []
-    assert all(f.dataset_id is None for f in sqlite_local.feedback())
+    [pending] = sqlite_local.datasets()  # claimed and committed; not published
+    assert pending.state == "pending" and all(f.dataset_id == pending.id for f in sqlite_local.feedback())
     assert list(store.list("datasets/")) == []  # nothing published, not even the shard
     progress: list[tuple[int, int]] = []
     done = export_feedback(
@@ -492,3 +497,52 @@ def test_upload_failure_rolls_back_the_claim(sqlite_local, tmp_path):
         progress=lambda n, total: progress.append((n, total)),
     )
     assert done.claimed == 3_000 and progress[-1] == (3_000, 3_000) and len(progress) == 6
+
+
+def test_sqlite_export_holds_no_write_lock_while_it_uploads(sqlite_local):
+    """Embedded SQLite has one write lock: an export holding it for its whole upload made every other
+    writer (the export's own lease keeper included) wait and fail. Mid-upload, another writer gets in."""
+    import sqlite3
+
+    sqlite_local.seed(rows(200))
+    path = sqlite_local.url.split("sqlite:///", 1)[1]
+    seen: list[str] = []
+
+    def write_elsewhere() -> None:  # runs after the shard and manifest are uploaded, before finalising
+        other = sqlite3.connect(path, timeout=1.0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the write lock itself
+            other.execute("UPDATE feedback SET response = response WHERE id = 1")
+            other.execute("COMMIT")
+            seen.append("wrote")
+        finally:
+            other.close()
+
+    result = export_feedback(sqlite_local.sessions, sqlite_local.store, config(), "job-lockfree",
+                             after_upload=write_elsewhere)
+    assert seen == ["wrote"] and result.status == "exported" and result.claimed == 200
+
+
+def test_rows_of_an_export_that_died_for_good_are_released_to_the_next(sqlite_local):
+    """A pending claim (committed before the upload) whose job ends failed or cancelled must not keep
+    its rows forever: the next export releases them and takes them."""
+    from common.ledger import JobLedger
+
+    sqlite_local.seed(rows(30))
+    ledger = JobLedger(sqlite_local.sessions)
+    job, _ = ledger.create("export", queue="io", max_attempts=1)
+    assert ledger.claim(job.id, "w", 60).ok
+
+    def die() -> None:
+        raise RuntimeError("worker died mid-export")
+
+    with pytest.raises(RuntimeError):
+        export_feedback(sqlite_local.sessions, sqlite_local.store, config(), job.id, after_upload=die)
+    assert [d.state for d in sqlite_local.datasets()] == ["pending"]
+    assert ledger.fail(job.id, "w", "worker died", retryable=False).value == "failed"
+
+    follow_up = export_feedback(sqlite_local.sessions, sqlite_local.store, config(), "job-next")
+    assert follow_up.status == "exported" and follow_up.claimed == 30
+    [dataset] = sqlite_local.datasets()
+    assert dataset.job_id == "job-next" and dataset.state == "ready"
+    assert all(f.dataset_id == dataset.id for f in sqlite_local.feedback())

@@ -306,13 +306,17 @@ def test_unreadable_source_file_leaves_no_manifest(store, tmp_path):
     assert latest_artifact(store, "fisher") is None
 
 
-def test_republishing_hides_the_old_manifest_until_the_new_one_is_complete(store, tmp_path):
-    publish_artifact(store, "datasets/d1", _artifact_files(tmp_path / "a", "a"))
-    with pytest.raises(ObjectStoreUnavailable):
-        publish_artifact(FailsOnSecondFile(store), "datasets/d1", _artifact_files(tmp_path / "b", "b"))
-    # The old manifest would now describe files that were half replaced: it must be gone.
-    assert not is_complete(store, "datasets/d1")
-    assert latest_artifact(store, "datasets") is None
+def test_republishing_a_complete_artifact_never_removes_or_replaces_it(store, tmp_path):
+    """A registered row may point at a complete artifact: re-publishing its prefix (a retry, a stale
+    attempt) must leave its manifest and files exactly as they were — never a moment without one."""
+    first = publish_artifact(store, "datasets/d1", _artifact_files(tmp_path / "a", "a"))
+    before = {key: store.get_bytes(key) for key in store.list("datasets/d1/")}
+    spy = FailsOnSecondFile(store)
+    again = publish_artifact(spy, "datasets/d1", _artifact_files(tmp_path / "b", "b"))
+    assert again == first and spy.calls == 0
+    assert {key: store.get_bytes(key) for key in store.list("datasets/d1/")} == before
+    assert is_complete(store, "datasets/d1")
+    download_artifact(store, "datasets/d1", tmp_path / "check")  # still verifies
 
 
 def test_manifest_name_and_unsafe_names_are_refused(store, tmp_path):

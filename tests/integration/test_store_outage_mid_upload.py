@@ -66,13 +66,14 @@ def test_link_cut_mid_multipart_dataset_upload(outage):
     with pytest.raises(ObjectStoreUnavailable) as caught:
         export_feedback(sessions, flaky, config, "job-outage")
     assert isinstance(caught.value, RetryableError) and proxy.cuts == 1 and proxy.refused >= 1
-    # Nothing visible, nothing recorded, nothing claimed: the parts sit in an unfinished upload only.
+    # Nothing visible: the parts sit in an unfinished upload only. The claim committed before the
+    # upload (no lock is held across it), so the rows belong to this job's dataset, still `pending`.
     assert list(direct.list("datasets/")) == [] and not is_complete(direct, f"datasets/{uid}")
     pending = direct.client.list_multipart_uploads(Bucket=direct.bucket).get("Uploads", [])
     assert [u["Key"] for u in pending] == [f"{direct.prefix}/datasets/{uid}/data.jsonl.gz"]
-    assert _count(sessions, Dataset) == 0
     with session_scope(sessions) as session:
-        assert session.scalar(select(func.count()).where(Feedback.dataset_id.is_not(None))) == 0
+        assert list(session.scalars(select(Dataset.state))) == ["pending"]
+        assert session.scalar(select(func.count()).where(Feedback.dataset_id.is_not(None))) == N_ROWS
 
     proxy.heal()
     result = export_feedback(sessions, flaky, config, "job-outage")  # the retried job

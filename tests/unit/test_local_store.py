@@ -35,10 +35,12 @@ def test_partial_write_is_invisible_and_cleaned_up(store):
     assert os.listdir(store.root / "x") == []  # the temporary file is gone
 
 
-def test_written_objects_are_readable_by_other_users(store):
-    store.put_bytes("k", b"v")
-    mode = stat.S_IMODE((store.root / "k").stat().st_mode)
-    assert mode & 0o044 == 0o044, oct(mode)  # mkstemp's 0600 would lock out a worker running as another user
+def test_written_objects_and_folders_are_private_to_the_owner(store):
+    # Objects hold feedback and adapters: nobody but the owner may read them (issue 9).
+    store.put_bytes("a/b/k", b"v")
+    assert stat.S_IMODE((store.root / "a" / "b" / "k").stat().st_mode) == 0o600
+    for folder in (store.root, store.root / "a", store.root / "a" / "b"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 
 def test_key_and_prefix_of_the_same_name_collide_permanently(store):

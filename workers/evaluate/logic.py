@@ -195,7 +195,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
                 # merge: a re-evaluation of the same adapter (another job) replaces its own scores.
                 session.merge(DatasetScore(adapter_id=candidate.id, dataset_id=dataset_id, token_accuracy=value,
                                            samples=samples, evaluation_id=done.id))
-        return {"status": "evaluated", "evaluation_id": done.id, "metrics": summary(metrics)}
+        result = {"status": "evaluated", "evaluation_id": done.id, "metrics": summary(metrics)}
+        ctx.finish(session, result)  # same transaction: recorded iff this attempt holds the lease
+        return result
 
 
 def cached_base_answers(store: Any, base_model_id: str, general: tuple[list, list], max_new_tokens: int,

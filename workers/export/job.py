@@ -1,6 +1,7 @@
 """The `export` job entry: job params (ExportConfig overrides) → `export_feedback` → a JSON result.
 
-Thin on purpose: the claim/publish transaction lives in logic.py. The result's `status` is
+Thin on purpose: the claim / upload / finalise steps live in logic.py; the job's fenced finish rides
+in the finalising transaction, so a cancelled or stale export records nothing. The result's `status` is
 "exported" or "skipped" (too few new rows: the pipeline then ends `skipped` without training).
 """
 
@@ -21,5 +22,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         config,
         ctx.job_id,
         progress=lambda done, total: ctx.report_progress({"step": done, "total": total, "stage": "export"}),
+        finish=lambda session, result: ctx.finish(session, result),  # fenced, in the finalising commit
+        attempt_prefix=ctx.attempt_prefix,
     )
     return result.as_dict()

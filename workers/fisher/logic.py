@@ -91,7 +91,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
                     gamma=continual.ewc_gamma, base_model_id=loaded.base_model, adapter_id=adapter.id,
                     recipe={"name": recipe_name, **continual.to_dict()})
     folded = can_fold(previous, continual.ewc_space, loaded.base_model)
-    key = f"fisher/{ctx.job_id}/fisher.safetensors"
+    key = f"{ctx.attempt_prefix(f'fisher/{ctx.job_id}')}/fisher.safetensors"
     ctx.store.put_bytes(key, artifact.to_bytes())  # one object: the put itself is atomic
     with session_scope(ctx.sessions) as session:
         done = session.scalars(select(FisherArtifact).where(FisherArtifact.job_id == ctx.job_id)).first()
@@ -109,5 +109,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
             )
             session.add(done)
             session.flush()
-        return {"status": "computed", "fisher_id": done.id, "samples": artifact.num_samples,
-                "adapter_id": adapter.id, "space": artifact.space, "scale": artifact.scale}
+        result = {"status": "computed", "fisher_id": done.id, "samples": artifact.num_samples,
+                  "adapter_id": adapter.id, "space": artifact.space, "scale": artifact.scale}
+        ctx.finish(session, result)  # same transaction: recorded iff this attempt holds the lease
+        return result

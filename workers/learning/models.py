@@ -21,9 +21,8 @@ def _looks_like_path(name_or_path: str) -> bool:
 
 def _missing_model_error(name_or_path: str) -> PermanentError:
     return PermanentError(
-        f"no model at {name_or_path!r}: register one with `continuum model add SOURCE` (see `continuum model "
-        f"list`), run `continuum model init-tiny {name_or_path}` for the built-in tiny model, or point --model at "
-        "a Hugging Face model directory"
+        f"no model at {name_or_path!r}: run `continuum model init-tiny {name_or_path}` for the built-in tiny "
+        "model, or point --model at a Hugging Face model directory"
     )
 
 
@@ -60,10 +59,9 @@ def load_model_and_tokenizer(
 
     name_or_path = str(name_or_path)
     tokenizer = load_tokenizer(name_or_path, allow_download=allow_download)
-    # use_safetensors: weights are never unpickled; a folder with only .bin files fails to load.
-    kwargs: dict[str, Any] = {
-        "dtype": device_spec.dtype, "local_files_only": _local_only(allow_download), "use_safetensors": True,
-    }
+    # use_safetensors: never fall back to unpickling a `pytorch_model.bin` (arbitrary code on load).
+    kwargs: dict[str, Any] = {"dtype": device_spec.dtype, "local_files_only": _local_only(allow_download),
+                              "use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_spec.load_in_4bit:

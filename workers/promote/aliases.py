@@ -3,6 +3,7 @@ lost or refused — is appended to `alias_history`. Two promotions racing: exact
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -64,11 +65,14 @@ def move_alias(
     action: str = "promote",
     reason: str = "",
     job_id: str | None = None,
+    on_moved: Callable[[Session], None] | None = None,
 ) -> MoveResult:
     """Point `name` at `to_adapter_id` if its revision is still `expected_revision`.
 
     The UPDATE's WHERE clause is the compare-and-set: a concurrent mover that committed first bumped
-    the revision, so this one updates nothing and records a lost attempt instead.
+    the revision, so this one updates nothing and records a lost attempt instead. `on_moved(session)`
+    runs in the SAME transaction as a successful move (promote sets the adapter's status and fences
+    the write on its lease there): the alias and the status change together or not at all.
     """
     with session_scope(sessions) as session:
         if session.get(Adapter, to_adapter_id) is None:
@@ -85,6 +89,8 @@ def move_alias(
         ).rowcount
         if moved:
             record_attempt(session, name, action, current.adapter_id, to_adapter_id, True, reason or "moved", job_id)
+            if on_moved is not None:
+                on_moved(session)
             return MoveResult(True, current.adapter_id, to_adapter_id, expected_revision + 1, reason or "moved")
     # Lost the race (or a stale expectation): record it in its own transaction, after the winner's.
     state = read_alias(sessions, name)

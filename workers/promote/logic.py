@@ -2,6 +2,10 @@
 
 Effectively-once: a retried job that already moved the alias (its job id is in the history as a
 successful move) does not move it again; it only repeats the idempotent hot-swap.
+
+Fenced: the alias move, its history row and the adapter/evaluation status are ONE transaction that
+also checks this attempt's lease (`ctx.hold`), so a stale attempt moves nothing. The job is marked done
+after the hot-swap (whose calls are in the result), by the runner, under the same lease.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         if not (decision.passed or params.force):
             state = read_alias(ctx.sessions, alias)
             with session_scope(ctx.sessions) as session:
+                ctx.hold(session)
                 record_attempt(session, alias, "promote", state.adapter_id, candidate.id, False,
                                f"gate refused: {decision.summary}", ctx.job_id)
                 session.get(Adapter, candidate.id).status = "rejected"
@@ -83,17 +88,19 @@ def run(ctx: JobContext) -> dict[str, Any]:
         state = read_alias(ctx.sessions, alias)
         if state.adapter_id == candidate.id:
             return {"status": "unchanged", "adapter_id": candidate.id, "reason": "already the alias target"}
+        def promoted(session) -> None:  # noqa: ANN001 - runs inside the move's transaction
+            ctx.hold(session)
+            session.get(Adapter, candidate.id).status = "promoted"
+            if evaluation is not None:
+                session.get(Evaluation, evaluation.id).passed_gate = True
+
         moved = move_alias(ctx.sessions, alias, candidate.id, state.revision, action="promote",
                            reason=("forced; " if params.force else "gate passed: ") + decision.summary,
-                           job_id=ctx.job_id)
+                           job_id=ctx.job_id, on_moved=promoted)
         if not moved.succeeded:
             return {"status": "lost_race", "adapter_id": candidate.id, "reason": moved.reason}
         previous_id = moved.from_adapter_id
         reason = moved.reason
-        with session_scope(ctx.sessions) as session:
-            session.get(Adapter, candidate.id).status = "promoted"
-            if evaluation is not None:
-                session.get(Evaluation, evaluation.id).passed_gate = True
     else:
         previous_id = already.from_adapter_id
         reason = already.reason

@@ -1,9 +1,11 @@
-"""Entry point of a job process: `python -m workers.runner.child <job_id> <progress_fd>`.
+"""Entry point of a job process: `python -m workers.runner.child <job_id> <progress_fd> [<owner> <token>]`.
 
 Runs one job's logic with a JobContext and reports through the pipe (see protocol.py). It never
 changes the job's ledger state: the supervisor owns the lease. If the supervisor dies (worker killed),
 this process exits at once (Linux: parent-death signal; elsewhere: a watchdog on the parent pid), so a
-job never keeps running where nobody holds its lease.
+job never keeps running where nobody holds its lease — and should it still run (the worker was
+SIGSTOPped, not killed), its final write carries the lease owner and fencing token it was started
+with, so the database refuses it once another attempt holds the job.
 """
 
 from __future__ import annotations
@@ -35,8 +37,28 @@ def _watch_parent(parent_pid: int) -> None:
         time.sleep(0.5)
 
 
+def _watch_lease(ledger, job_id: str, token: int, interval: float) -> None:  # noqa: ANN001
+    """Stop at once when another attempt has claimed the job (or it ended): our supervisor may be
+    stalled (SIGSTOP, a long GC pause) and unable to kill us. Our final write would be refused anyway
+    (fencing); stopping saves the work and keeps us from writing checkpoints beside the new attempt."""
+    while True:
+        time.sleep(interval)
+        try:
+            job = ledger.find(job_id)
+        except Exception:  # noqa: BLE001 - a database blip: look again later
+            continue
+        # Another claim bumped the token, or the job ended without us. (Succeeded under our own token
+        # is our own final write: let the result go out. Queued with our token = reaped, not yet
+        # re-claimed: go on; the final write is refused anyway unless nobody else ever takes it.)
+        if job is None or job.lease_token != token or job.state in ("failed", "cancelled"):
+            os._exit(protocol.EXIT_RETRYABLE)
+
+
 def main(argv: list[str]) -> int:
     job_id, fd = argv[0], int(argv[1])
+    # The lease comes from the supervisor, never from the row: read from the row, a child started
+    # late could pick up the NEXT attempt's token and have its stale write accepted.
+    owner, token = (argv[2], int(argv[3])) if len(argv) >= 4 else (None, None)
     pipe = os.fdopen(fd, "wb", buffering=0)
     stop = _StopFlag()
     for sig in protocol.REQUEUE_SIGNALS:
@@ -52,6 +74,7 @@ def main(argv: list[str]) -> int:
             os._exit(protocol.EXIT_RETRYABLE)
 
     from common.errors import PermanentError
+    from common.ledger import CancelledAtFinish, LeaseLost
     from common.settings import load_settings
     from workers.context import JobContext, JobInterrupted
     from workers.kinds import job_kind, load_entry
@@ -61,6 +84,10 @@ def main(argv: list[str]) -> int:
         settings = load_settings()
         resources = resources_for(settings)
         job = resources.ledger.get(job_id)
+        if token is not None:
+            threading.Thread(target=_watch_lease, args=(resources.ledger, job_id, token,
+                                                        max(0.5, settings.job_heartbeat_seconds)),
+                             daemon=True, name="lease-watch").start()
         run = load_entry(job_kind(job.kind))
         context = JobContext(
             settings=settings,
@@ -71,8 +98,17 @@ def main(argv: list[str]) -> int:
             report_progress=lambda data: send({"type": "progress", "data": data}),
             should_stop=lambda: stop.reason is not None,
             stop_reason=lambda: stop.reason,
+            lease_owner=owner,
+            lease_token=token,
+            ledger=resources.ledger if token is not None else None,
         )
         result = run(context)
+    except LeaseLost as exc:  # our final write was refused: another attempt owns the job; stop
+        send({"type": "lease_lost", "message": _one_line(exc)})
+        return protocol.EXIT_RETRYABLE
+    except CancelledAtFinish as exc:
+        send({"type": "interrupted", "reason": protocol.STOP_CANCEL, "message": _one_line(exc)})
+        return protocol.EXIT_INTERRUPTED
     except JobInterrupted:
         send({"type": "interrupted", "reason": stop.reason or protocol.STOP_REQUEUE})
         return protocol.EXIT_INTERRUPTED

@@ -78,24 +78,30 @@ def execute_job(task: Task, job_id: str) -> dict[str, Any]:
         log.info("job %s not run: %s", job_id, claim.outcome.value)
         return {"job_id": job_id, "ran": False, "claim": claim.outcome.value}
     job = claim.job
+    token = claim.token  # the fencing token: the job's final write must still hold it
     kind = job_kind(job.kind)
     supervision = Supervision(
-        heartbeat=lambda progress: ledger.heartbeat(job_id, owner, settings.job_lease_seconds, progress),
+        heartbeat=lambda progress: ledger.heartbeat(job_id, owner, settings.job_lease_seconds, progress, token=token),
         publish_progress=_ProgressPublisher(task, job_id),
         shutting_down=worker_is_shutting_down,
         heartbeat_seconds=settings.job_heartbeat_seconds,
         soft_time_limit=soft_time_limit(settings, kind.name),
         hard_time_limit=hard_time_limit(settings, kind.name),
         stop_grace_seconds=settings.child_stop_grace_seconds,
+        lease_owner=owner,
+        lease_token=token,
+        lease_seconds=settings.job_lease_seconds,
     )
     log.info("job %s (%s) attempt %d/%d claimed by %s", job_id, kind.name, job.attempts, job.max_attempts, owner)
     outcome = _run(kind, job_id, dict(job.params or {}), settings, supervision)
-    state = record_outcome(task.app, ledger, job_id, owner, outcome)
+    state = record_outcome(task.app, ledger, job_id, owner, outcome, token=token,
+                           made_progress=_made_progress(job.progress, outcome.progress))
     log.info("job %s (%s) → %s %s", job_id, kind.name, state, outcome.error)
     if job.pipeline_run_id and state != "lease_lost":
-        from scheduler.pipeline import advance_pipeline  # lazy: only pipeline steps need it
+        from common.orchestration.pipeline import advance_pipeline  # lazy: only pipeline steps need it
+        from workers.dispatch import orchestrator_for
 
-        advance_pipeline(settings, task.app, job.pipeline_run_id)
+        advance_pipeline(orchestrator_for(settings, task.app), job.pipeline_run_id)
     return {"job_id": job_id, "ran": True, "state": state}
 
 
@@ -104,7 +110,8 @@ def _run(kind: JobKind, job_id: str, params: dict[str, Any], settings: Settings,
         return run_in_subprocess(job_id, supervision)
     resources = resources_for(settings)
     context = JobContext(settings=settings, sessions=resources.sessions, store=resources.store,
-                         job_id=job_id, params=params)
+                         job_id=job_id, params=params, lease_owner=supervision.lease_owner,
+                         lease_token=supervision.lease_token, ledger=resources.ledger)
     try:
         run = load_entry(kind)
     except Exception as exc:  # noqa: BLE001 - a broken install fails the job with the reason
@@ -112,21 +119,42 @@ def _run(kind: JobKind, job_id: str, params: dict[str, Any], settings: Settings,
     return run_inline(context, run, supervision)
 
 
-def record_outcome(app: Celery, ledger: JobLedger, job_id: str, owner: str, outcome: Outcome) -> str:
+def _made_progress(before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+    """Did this attempt get further than any attempt before it? (A release without progress counts
+    towards dead-lettering a poison job.) Jobs that report no step count any report as progress."""
+    if not after:
+        return False
+    step_after, step_before = after.get("step"), (before or {}).get("step")
+    if isinstance(step_after, (int, float)) and isinstance(step_before, (int, float)):
+        return step_after > step_before
+    return True
+
+
+def record_outcome(app: Celery, ledger: JobLedger, job_id: str, owner: str, outcome: Outcome,
+                   token: int | None = None, made_progress: bool = True) -> str:
     """Apply `outcome` to the ledger (guarded by the lease) and re-send the message when it goes back
-    to the queue. Returns the job's state afterwards (or "lease_lost")."""
+    to the queue. Returns the job's state afterwards, or "lease_lost" when this attempt's outcome was
+    refused (so a worker never logs "succeeded" for a write the lease refused)."""
     if outcome.kind is OutcomeKind.lease_lost:
         return "lease_lost"
     if outcome.kind is OutcomeKind.succeeded:
         # Logic reports "nothing to do" as {"status": "skipped"} (or {"skipped": true}).
         skipped = outcome.result.get("status") == "skipped" or bool(outcome.result.get("skipped"))
         state = JobState.skipped if skipped else JobState.succeeded
-        if ledger.succeed(job_id, owner, outcome.result, state=state):
+        if ledger.succeed(job_id, owner, outcome.result, state=state, token=token):
             return state.value  # the common path: no read-back round trip
+        # Refused: either the job's own fenced final write already finished it under our token (the
+        # usual case for jobs that register an artifact), or our lease is gone / a cancel came first.
+        ours = ledger.finished_with(job_id, token) if token is not None else None
+        if ours is not None:
+            return ours.value
+        if ledger.cancel_if_requested(job_id, owner):
+            return JobState.cancelled.value
+        return "lease_lost"
     elif outcome.kind is OutcomeKind.cancelled:
         ledger.mark_cancelled(job_id, owner)
     elif outcome.kind is OutcomeKind.requeue:
-        if ledger.release(job_id, owner, outcome.error):
+        if ledger.release(job_id, owner, outcome.error, made_progress=made_progress, token=token):
             send_job(app, ledger.get(job_id))
     else:
         if ledger.fail(job_id, owner, outcome.error, retryable=outcome.retryable) is JobState.queued:

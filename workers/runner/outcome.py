@@ -24,6 +24,7 @@ class Outcome:
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     retryable: bool = True
+    progress: dict[str, Any] | None = None  # the last progress this attempt reported (None: none)
 
 
 @dataclass
@@ -37,3 +38,8 @@ class Supervision:
     soft_time_limit: float
     hard_time_limit: float
     stop_grace_seconds: float
+    # The lease this attempt holds: passed to the job process so its final write is fenced, and the
+    # lease length bounds how long heartbeat errors are tolerated (until the lease would expire).
+    lease_owner: str = ""
+    lease_token: int | None = None
+    lease_seconds: float = 0.0

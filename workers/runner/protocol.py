@@ -2,7 +2,8 @@
 
 The child writes one JSON object per line to the file descriptor it was given:
 `{"type": "progress", "data": {...}}`, then exactly one of `{"type": "result", "data": {...}}`,
-`{"type": "error", "message": str, "retryable": bool}` or `{"type": "interrupted", "reason": str}`.
+`{"type": "error", "message": str, "retryable": bool}`, `{"type": "interrupted", "reason": str}` or
+`{"type": "lease_lost", "message": str}` (the fenced final write was refused: record nothing).
 """
 
 from __future__ import annotations

@@ -8,11 +8,14 @@ renews the lease, forwards progress, and stops the child:
   SIGKILL after `stop_grace_seconds`;
 - hard time limit → SIGKILL;
 - lease lost (another worker owns the job now) → SIGKILL at once: never two executions at once.
+A heartbeat that fails (database blip) is tried again at the next beat; only when the lease would
+actually have expired by now (the last renewal + the lease length) is the job given up as lost.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import selectors
 import signal
@@ -23,6 +26,8 @@ from typing import Any
 
 from workers.runner import protocol
 from workers.runner.outcome import Outcome, OutcomeKind, Supervision
+
+log = logging.getLogger("continuum.runner")
 
 _POLL_SECONDS = 0.2
 _PROGRESS_PUBLISH_SECONDS = 1.0
@@ -41,9 +46,12 @@ def run_in_subprocess(job_id: str, supervision: Supervision, env: dict[str, str]
     read_fd, write_fd = os.pipe()
     child_env = dict(os.environ if env is None else env)
     child_env["CONTINUUM_SUPERVISOR_PID"] = str(os.getpid())
+    argv = [sys.executable, "-m", "workers.runner.child", job_id, str(write_fd)]
+    if supervision.lease_token is not None:
+        argv += [supervision.lease_owner, str(supervision.lease_token)]  # the child's fenced final write
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.runner.child", job_id, str(write_fd)],
+            argv,
             pass_fds=(write_fd,),
             env=child_env,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
@@ -74,11 +82,14 @@ class _Supervisor:
         self.stop_note = ""
         self.kill_at: float | None = None
         self.killed_hard = False
+        self.last_progress: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ loop
 
     def loop(self) -> Outcome:
         started = time.monotonic()
+        # When the lease would expire if no renewal gets through (the claim happened just before).
+        lease_deadline = started + self.sup.lease_seconds
         next_heartbeat = started + self.sup.heartbeat_seconds
         next_publish = started
         selector = selectors.DefaultSelector()
@@ -95,14 +106,25 @@ class _Supervisor:
                     self.sup.publish_progress(self.progress or {})
                     next_publish = now + _PROGRESS_PUBLISH_SECONDS
                 if now >= next_heartbeat:
-                    beat = self.sup.heartbeat(self.progress if self.progress_dirty else None)
-                    self.progress_dirty = False
                     next_heartbeat = now + self.sup.heartbeat_seconds
-                    if not beat.lease_held:
-                        self._kill()
-                        return Outcome(OutcomeKind.lease_lost, error="lease lost to another worker")
-                    if beat.cancel_requested:
-                        self._ask_stop(protocol.STOP_CANCEL, "cancel requested", min(self.sup.stop_grace_seconds, 3.0))
+                    try:
+                        beat = self.sup.heartbeat(self.progress if self.progress_dirty else None)
+                    except Exception as exc:  # noqa: BLE001 - a database blip: the lease still runs
+                        beat = None
+                        # Give up only when the lease would have expired before the next try.
+                        if now + self.sup.heartbeat_seconds >= lease_deadline:
+                            self._kill()
+                            return self._lost(f"lease not renewed for {self.sup.lease_seconds:g}s ({exc})")
+                        log.warning("heartbeat failed (%s); retrying until the lease would expire", exc)
+                    if beat is not None:
+                        lease_deadline = now + self.sup.lease_seconds  # renewed at `now` or later
+                        self.progress_dirty = False
+                        if not beat.lease_held:
+                            self._kill()
+                            return self._lost("lease lost to another worker")
+                        if beat.cancel_requested:
+                            self._ask_stop(protocol.STOP_CANCEL, "cancel requested",
+                                           min(self.sup.stop_grace_seconds, 3.0))
                 if self.sup.shutting_down():
                     self._ask_stop(protocol.STOP_REQUEUE, "worker shutting down", self.sup.stop_grace_seconds)
                 elapsed = now - started
@@ -117,8 +139,16 @@ class _Supervisor:
             selector.close()
         if self.progress_dirty:  # the last progress reaches Flower and the ledger, not only the next beat
             self.sup.publish_progress(self.progress or {})
-            self.sup.heartbeat(self.progress)
-        return self._outcome()
+            try:
+                self.sup.heartbeat(self.progress)
+            except Exception as exc:  # noqa: BLE001 - the outcome is recorded next; progress is best effort
+                log.warning("final progress not recorded: %s", exc)
+        outcome = self._outcome()
+        outcome.progress = self.last_progress
+        return outcome
+
+    def _lost(self, error: str) -> Outcome:
+        return Outcome(OutcomeKind.lease_lost, error=error, progress=self.last_progress)
 
     def _drain(self) -> None:
         while True:
@@ -130,7 +160,7 @@ class _Supervisor:
                 return
             for message in self.reader.feed(chunk):
                 if message["type"] == "progress":
-                    self.progress = message.get("data") or {}
+                    self.progress = self.last_progress = message.get("data") or {}
                     self.progress_dirty = True
                 else:
                     self.final = message
@@ -159,7 +189,11 @@ class _Supervisor:
         final = self.final or {}
         if code == protocol.EXIT_OK and final.get("type") == "result":
             return Outcome(OutcomeKind.succeeded, result=final.get("data") or {})
-        if self.stop_reason == protocol.STOP_CANCEL:
+        if final.get("type") == "lease_lost":  # our fenced final write was refused: record nothing
+            return Outcome(OutcomeKind.lease_lost, error=final.get("message", "lease lost"))
+        if self.stop_reason == protocol.STOP_CANCEL or (
+            final.get("type") == "interrupted" and final.get("reason") == protocol.STOP_CANCEL
+        ):
             return Outcome(OutcomeKind.cancelled, error="cancelled on request")
         if code == protocol.EXIT_INTERRUPTED:
             return Outcome(OutcomeKind.requeue, error=self.stop_note or "interrupted")

@@ -210,7 +210,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         )
         if teacher is not None:
             unload_teacher(model, teacher)  # publish only the trained adapter
-        prefix = f"adapters/{params.adapter_name or ctx.settings.adapter_name}/{ctx.job_id}"
+        prefix = ctx.attempt_prefix(f"adapters/{params.adapter_name or ctx.settings.adapter_name}/{ctx.job_id}")
         metadata = {
             "prefix": prefix,
             "base_model": loaded.base_model,
@@ -243,6 +243,7 @@ def _register(ctx: JobContext, name: str, parent: Adapter | None, inputs: dict, 
             with session_scope(ctx.sessions) as session:
                 done = session.scalars(select(Adapter).where(Adapter.job_id == ctx.job_id)).first()
                 if done is not None:
+                    ctx.finish(session, _result(done))  # fenced: refused unless we hold the lease
                     return done
                 version = (session.scalar(select(func.max(Adapter.version)).where(Adapter.name == name)) or 0) + 1
                 lineage = (list(parent.lineage) if parent is not None else []) + [version]
@@ -262,6 +263,7 @@ def _register(ctx: JobContext, name: str, parent: Adapter | None, inputs: dict, 
                 )
                 session.add(adapter)
                 session.flush()
+                ctx.finish(session, _result(adapter))  # same transaction: registered iff we held the lease
                 return adapter
         except IntegrityError:
             continue  # another job took this version number (or this job's row appeared): look again

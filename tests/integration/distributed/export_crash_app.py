@@ -4,11 +4,12 @@
 `CONTINUUM_TEST_EXPORT_CRASH_MARKER` and blocks forever (the test then SIGKILLs it). The hooks watch
 the real statements, store calls and ledger calls of the production code path, and only pause there:
 
-- `before_claim`: the `UPDATE feedback SET dataset_id …` claim is about to run (placeholder dataset
-  row inserted, transaction open);
-- `after_shard`: the shard is fully uploaded, the manifest not yet written;
-- `after_manifest`: the manifest is written, the dataset row not yet updated nor committed;
-- `after_commit`: the export committed, the job ledger has not yet recorded success.
+- `before_claim`: the `UPDATE feedback SET dataset_id …` claim is about to run (pending dataset
+  row inserted, claim transaction open);
+- `after_shard`: the claim is committed and the shard fully uploaded, the manifest not yet written;
+- `after_manifest`: the manifest is written, the finalising transaction is about to run;
+- `after_commit`: the export's finalising transaction (dataset ready + job succeeded, fenced) committed;
+  the worker is about to call the ledger's plain `succeed` (which then finds the job already done).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def _watch_statements(conn, cursor, statement, parameters, context, executemany)
     text = " ".join(statement.split()).upper()
     if "UPDATE FEEDBACK SET DATASET_ID" in text:  # Postgres wraps the claim in a WITH (it counts the rows)
         _freeze("before_claim")
-    elif text.startswith("UPDATE DATASETS SET NUM_ROWS"):
-        _freeze("after_manifest")
+    elif text.startswith("UPDATE DATASETS SET") and " STATE=" in text.replace(" = ", "="):
+        _freeze("after_manifest")  # the finalising UPDATE (it marks the dataset ready)
 
 
 _succeed = JobLedger.succeed

@@ -53,8 +53,12 @@ def _stored(resources, prefix: str = "datasets/") -> list[str]:
     return sorted(resources.store.list(prefix))
 
 
+def _prefix(dataset: Dataset) -> str:
+    return dataset.manifest_key.rsplit("/", 1)[0]  # datasets/<uid>/<attempt token>
+
+
 def _shard_ids(resources, dataset: Dataset) -> list[int]:
-    raw = resources.store.get_bytes(f"datasets/{dataset.uid}/data.jsonl.gz")
+    raw = resources.store.get_bytes(f"{_prefix(dataset)}/data.jsonl.gz")
     return [json.loads(line)["feedback_id"] for line in gzip.decompress(raw).splitlines()]
 
 
@@ -78,35 +82,42 @@ def test_export_killed_at_crash_point_loses_and_duplicates_nothing(point, dist_s
     victim.wait_exit(10)
 
     # What the crash left behind: never a dataset that points at a partial artifact.
-    shard, manifest = f"datasets/{uid}/data.jsonl.gz", f"datasets/{uid}/manifest.json"
+    first = f"datasets/{uid}/1"  # attempt 1's own prefix (its fencing token)
+    shard, manifest = f"{first}/data.jsonl.gz", f"{first}/manifest.json"
     links = _feedback_links(resources)
-    if point == "after_commit":
+    if point == "before_claim":  # the claim's transaction died open: rolled back, all unclaimed
+        assert _datasets(resources) == [] and set(links.values()) == {None} and _stored(resources) == []
+    elif point in ("after_shard", "after_manifest"):
+        # The claim committed before the upload (no lock held across it): a pending dataset owns the rows.
+        [pending] = _datasets(resources)
+        assert pending.state == "pending" and pending.job_id == job_id and set(links.values()) == {pending.id}
+        assert _stored(resources) == {"after_shard": [shard], "after_manifest": [shard, manifest]}[point]
+        assert resources.ledger.get(job_id).state == "running"
+    else:  # after_commit: the dataset and the job's success committed in ONE (fenced) transaction
         [dataset] = _datasets(resources)
-        assert dataset.job_id == job_id and set(links.values()) == {dataset.id}
-        assert _stored(resources) == [shard, manifest]
-        assert resources.ledger.get(job_id).state == "running"  # the ledger never heard of the success
-    else:
-        assert _datasets(resources) == [] and set(links.values()) == {None}  # rolled back: all unclaimed
-        assert _stored(resources) == {"before_claim": [], "after_shard": [shard], "after_manifest": [shard, manifest]}[point]
+        assert dataset.state == "ready" and dataset.job_id == job_id and set(links.values()) == {dataset.id}
+        assert _stored(resources) == [shard, manifest] and dataset.manifest_key == manifest
+        job = resources.ledger.get(job_id)
+        assert (job.state, job.attempts) == ("succeeded", 1)  # nothing left for a retry to do
 
     _seed(dist_settings, resources, 100, 5)  # new feedback arrives while nobody exports
     monkeypatch.delenv("CONTINUUM_TEST_EXPORT_CRASH_AT")
     start_worker("rescuer", queues="io")
     app = app_for(dist_settings)
-    assert wait_for(lambda: reap_and_resend(dist_settings, app)["requeued"], 30, "the reaper to requeue") == [job_id]
-    job = _wait_finished(resources, job_id)
-    assert (job.state, job.attempts) == ("succeeded", 2), job.error
-    if point == "after_commit":  # the retry found its committed dataset instead of exporting again
-        assert job.result["reason"] == "already exported by this job" and job.result["claimed"] == 30
-    else:
-        assert job.result["claimed"] == 35  # the retry claimed everything unclaimed, late rows included
+    if point != "after_commit":
+        assert wait_for(lambda: reap_and_resend(dist_settings, app)["requeued"], 30, "the reaper to requeue") == [job_id]
+        job = _wait_finished(resources, job_id)
+        assert (job.state, job.attempts) == ("succeeded", 2), job.error
+    # A retry claims everything unclaimed when it had no claim yet; else it resumes its own 30 rows.
+    assert job.result["claimed"] == (35 if point == "before_claim" else 30)
 
-    # A later export picks up whatever the retried one did not claim.
+    # A later export picks up whatever the export did not claim.
     follow_up = _wait_finished(resources, enqueue_job(dist_settings, "export", {"holdout_percent": 0}))
-    assert follow_up.state == ("succeeded" if point == "after_commit" else "skipped"), follow_up.error
+    assert follow_up.state == ("skipped" if point == "before_claim" else "succeeded"), follow_up.error
 
     datasets = _datasets(resources)
     assert sum(d.job_id == job_id for d in datasets) == 1  # no duplicate dataset after the retry
+    assert all(d.state == "ready" for d in datasets)
     links = _feedback_links(resources)
     assert len(links) == 35 and None not in links.values()  # none lost
     exported: list[int] = []
@@ -115,6 +126,6 @@ def test_export_killed_at_crash_point_loses_and_duplicates_nothing(point, dist_s
         assert sorted(ids) == sorted(fid for fid, ds in links.items() if ds == dataset.id)
         exported.extend(ids)
     assert sorted(exported) == sorted(links)  # every row in exactly one dataset
-    # Exactly the datasets' own files in the store: the retry overwrote its job-scoped prefix.
-    assert _stored(resources) == sorted(f"datasets/{d.uid}/{name}" for d in datasets
+    # Exactly the datasets' own files in the store: a finished export removes its earlier attempts' files.
+    assert _stored(resources) == sorted(f"{_prefix(d)}/{name}" for d in datasets
                                         for name in ("data.jsonl.gz", "manifest.json"))

@@ -113,7 +113,9 @@ def test_kill9_mid_training_resumes_from_checkpoint_and_publishes_once(dist_sett
     assert job.result["adapter_id"] == adapter.id and adapter.version == 1
     prefix = f"adapters/{dist_settings.adapter_name}/{job_id}"
     assert _adapter_prefixes(resources, dist_settings) == {prefix}
-    assert adapter.uri.endswith(prefix) and resources.store.exists(f"{prefix}/manifest.json")
+    # Attempt-scoped: the adapter lives under the credited attempt's fencing token.
+    registered = f"{prefix}/{job.lease_token}"
+    assert adapter.uri.endswith(registered) and resources.store.exists(f"{registered}/manifest.json")
     assert list(resources.store.list(f"checkpoints/{job_id}/")) == []  # cleaned once the adapter is durable
 
     # Nothing duplicated: another reap finds nothing, a redelivered message runs nothing.
@@ -140,7 +142,8 @@ def test_sigterm_mid_training_checkpoints_requeues_and_another_worker_finishes(d
     assert job.attempts == 1  # a clean hand-back does not use up an attempt
     [adapter] = _adapters(resources, job_id)
     assert _resumed_step(adapter) > 0  # no periodic checkpoints: this one was written on SIGTERM
-    assert f"job {job_id} (train) → succeeded" in other.text()
+    # The job is marked done by the child's fenced final write, a moment before its worker logs it.
+    wait_for(lambda: f"job {job_id} (train) → succeeded" in other.text(), 30, "the successor's log line")
     assert _adapter_prefixes(resources, dist_settings) == {f"adapters/{dist_settings.adapter_name}/{job_id}"}
 
 

@@ -13,6 +13,8 @@ Deliberate breaks these tests were run against (each turned a test here red, the
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from sqlalchemy import select
 
@@ -20,7 +22,7 @@ from common.db.engine import session_scope
 from common.db.models import FisherArtifact as FisherRow
 from common.db.models import PipelineRun
 from common.errors import ValidationError
-from scheduler.pipeline import _step_params
+from common.orchestration.pipeline import _step_params
 from tests.unit.learning_keep.cycles import make_cycles
 from workers.learning.fisher_artifact import FisherArtifact
 from workers.train.logic import check_fisher_row
@@ -39,13 +41,13 @@ TRAIN_STEP = {"recipe": "ewc_lora", "recipe_overrides": {"ewc_strength": 0.5, "e
 
 def test_the_fisher_step_takes_the_train_steps_recipe_and_lineage(cycles):
     run = PipelineRun(id="r", params={"steps": {"train": {**TRAIN_STEP, "parent_adapter_id": 4}}})
-    params = _step_params(cycles.settings, run, "fisher", {})
+    params = _step_params(SimpleNamespace(settings=cycles.settings), run, "fisher", {})
     assert params == {**TRAIN_STEP, "adapter_id": 4}
     # an explicit per-step override of the fisher step still wins
     run = PipelineRun(id="r", params={"steps": {"train": TRAIN_STEP, "fisher": {"recipe": "default"}}})
-    assert _step_params(cycles.settings, run, "fisher", {})["recipe"] == "default"
+    assert _step_params(SimpleNamespace(settings=cycles.settings), run, "fisher", {})["recipe"] == "default"
     fresh = PipelineRun(id="r", params={"steps": {"train": {"fresh": True}}})
-    assert _step_params(cycles.settings, fresh, "fisher", {}) == {"fresh": True}
+    assert _step_params(SimpleNamespace(settings=cycles.settings), fresh, "fisher", {}) == {"fresh": True}
 
 
 def _fisher(cycles, params):
@@ -62,7 +64,7 @@ def test_a_pipeline_fisher_is_accepted_by_its_train_step(cycles):
     v1 = cycles.train(d1)["adapter_id"]
     v2 = cycles.train(d2)["adapter_id"]
     run = PipelineRun(id="r", params={"steps": {"train": TRAIN_STEP}})
-    result, artifact = _fisher(cycles, _step_params(cycles.settings, run, "fisher", {}))
+    result, artifact = _fisher(cycles, _step_params(SimpleNamespace(settings=cycles.settings), run, "fisher", {}))
     # computed for the train step's parent, in the space its recipe overrides ask for, and says so
     assert result["adapter_id"] == v2 and artifact.adapter_id == v2 and artifact.space == "delta_w"
     assert artifact.recipe["name"] == "ewc_lora" and artifact.recipe["ewc_strength"] == 0.5

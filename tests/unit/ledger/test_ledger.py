@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import time
 
 import pytest
 
@@ -12,26 +12,10 @@ from common.errors import ValidationError
 from common.ledger import ClaimOutcome, JobLedger
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def ledger(migrated_sqlite_url, clock) -> JobLedger:
+def ledger(migrated_sqlite_url) -> JobLedger:
     engine = create_db_engine(migrated_sqlite_url)
-    yield JobLedger(session_factory(engine), clock=clock)
+    yield JobLedger(session_factory(engine))
     engine.dispose()
 
 
@@ -62,16 +46,18 @@ def test_claim_once_then_duplicates_do_nothing(ledger):
     assert done.state == "succeeded" and done.result == {"answer": 42} and done.attempts == 1
 
 
-def test_expired_lease_can_be_taken_over_and_old_owner_is_locked_out(ledger, clock):
+def test_expired_lease_can_be_taken_over_and_old_owner_is_locked_out(ledger):
+    """Lease times are the database's: real (short) leases, real sleeps."""
     job, _ = ledger.create("sleep", queue="cpu")
-    assert ledger.claim(job.id, "w1", 10).ok
-    clock.advance(5)
-    assert ledger.heartbeat(job.id, "w1", 10).lease_held  # extends to t+15
-    clock.advance(9)
+    first = ledger.claim(job.id, "w1", 0.8)
+    assert first.ok and first.token == 1
+    time.sleep(0.4)
+    assert ledger.heartbeat(job.id, "w1", 0.8).lease_held  # extends to now+0.8
+    time.sleep(0.5)
     assert ledger.claim(job.id, "w2", 10).outcome is ClaimOutcome.busy  # heartbeat kept it alive
-    clock.advance(7)
+    time.sleep(0.5)
     takeover = ledger.claim(job.id, "w2", 10)
-    assert takeover.ok and takeover.job.attempts == 2
+    assert takeover.ok and takeover.job.attempts == 2 and takeover.token == 2
     # The old owner lost the lease: it can neither heartbeat nor record a result.
     assert not ledger.heartbeat(job.id, "w1", 10).lease_held
     assert not ledger.succeed(job.id, "w1", {"stale": True})
@@ -97,12 +83,11 @@ def test_permanent_failure_does_not_retry(ledger):
     assert ledger.get(job.id).error == "bad input"
 
 
-def test_crash_redeliveries_stop_at_the_attempt_cap(ledger, clock):
+def test_crash_redeliveries_stop_at_the_attempt_cap(ledger):
     """A worker dying mid-job (lease expires) each time: the last redelivery dead-letters it."""
     job, _ = ledger.create("sleep", queue="cpu", max_attempts=2)
     for owner in ("w1", "w2"):
-        assert ledger.claim(job.id, owner, 10).ok
-        clock.advance(11)  # the worker died: nobody heartbeats
+        assert ledger.claim(job.id, owner, -1).ok  # a lease that has already run out: the worker died
     refused = ledger.claim(job.id, "w3", 10)
     assert refused.outcome is ClaimOutcome.exhausted
     assert refused.job.state == "failed" and "gave up after 2 attempts" in refused.job.error
@@ -132,17 +117,17 @@ def test_cancel_queued_and_running(ledger):
     assert job.state == "cancelled" and job.progress == {"step": 3, "total": 10}
 
 
-def test_reaper_requeues_expired_fails_exhausted_and_resends_stale(ledger, clock):
+def test_reaper_requeues_expired_fails_exhausted_and_resends_stale(ledger):
     live, _ = ledger.create("sleep", queue="cpu")
     lost, _ = ledger.create("sleep", queue="cpu", max_attempts=3)
     last_try, _ = ledger.create("sleep", queue="cpu", max_attempts=1)
     stale, _ = ledger.create("sleep", queue="cpu")
     for job in (live, lost, last_try):
-        ledger.claim(job.id, "w", 10)
-    clock.advance(11)
+        ledger.claim(job.id, "w", -1)  # leases that already ran out
+    time.sleep(0.3)
     # A late heartbeat still renews a lease nobody took over: exclusivity was never broken.
     assert ledger.heartbeat(live.id, "w", 10).lease_held
-    result = ledger.reap(resend_after_seconds=5)
+    result = ledger.reap(resend_after_seconds=0.2)
     assert result.requeued == [lost.id]
     assert ledger.get(live.id).state == "running"
     assert result.dead == [last_try.id]
@@ -150,7 +135,7 @@ def test_reaper_requeues_expired_fails_exhausted_and_resends_stale(ledger, clock
     assert ledger.get(lost.id).state == "queued" and ledger.get(lost.id).lease_owner is None
     assert ledger.get(last_try.id).state == "failed"
     # A second reaper right after finds nothing to do: every move was conditional.
-    again = ledger.reap(resend_after_seconds=5)
+    again = ledger.reap(resend_after_seconds=0.2)
     assert again.requeued == [] and again.dead == [] and again.resend == []
 
 
