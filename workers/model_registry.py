@@ -95,8 +95,17 @@ def safetensors_summary(weights: list[Path]) -> dict[str, Any]:
     return {"parameters": total, "dtype": names.get(dtype, dtype.lower())}
 
 
-def publish_model(store: ObjectStore, name: str, folder: Path, description: dict[str, Any]) -> dict[str, Any]:
-    """Publish `folder` as model `name` (manifest last); returns the manifest."""
+def publish_model(store: ObjectStore, name: str, folder: Path, description: dict[str, Any],
+                  replace: bool = False) -> dict[str, Any]:
+    """Publish `folder` as model `name` (manifest last); returns the manifest.
+
+    Complete artifacts are immutable (`publish_artifact` returns an existing manifest untouched), so
+    `replace` — an operator's explicit `model add --replace` — deletes the old model first. Until the new
+    manifest lands the name is unregistered: a job starting in that window fails with "unknown model"
+    and is retried, rather than loading a mix of old and new files.
+    """
+    if replace:
+        store.delete_prefix(f"{model_prefix(name)}/")
     return publish_artifact(store, model_prefix(name), model_files(Path(folder)),
                             {"kind": "base-model", "model": {**description, "name": name}})
 

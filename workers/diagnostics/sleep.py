@@ -48,14 +48,22 @@ def run(ctx: JobContext) -> dict[str, Any]:
     if ctx.params.get("fail") == "retryable":
         raise RetryableError("sleep job told to fail (retryable)")
 
-    while step < steps:
+    def stop_if_asked() -> None:
         if ctx.should_stop():
             record.update(end=time.time(), stopped=ctx.stop_reason(), step=step)
             ctx.store.put_bytes(execution_key, json.dumps(record).encode())
             raise JobInterrupted(ctx.stop_reason())
+
+    while step < steps:
+        stop_if_asked()
         if step == crash_at and (crash == "always" or (crash == "first" and not executions)):
             os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(step_seconds)
+        # A step sleeps in short slices and honours a stop inside it, as a training step loop does at
+        # its next micro-batch: a long step must not outlive the supervisor's stop grace period.
+        step_ends = time.monotonic() + step_seconds
+        while (left := step_ends - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+            stop_if_asked()
         step += 1
         # Checkpoint = position written whole (put_bytes replaces atomically), then progress.
         ctx.store.put_bytes(checkpoint_key, json.dumps({"step": step}).encode())

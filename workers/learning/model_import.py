@@ -68,7 +68,7 @@ def add_model(
         folder = _materialise(source, Path(tmp), download_dir, progress)
         description = describe_folder(folder, source)
         progress(f"publishing {name} to the object store")
-        model_registry.publish_model(store, name, folder, description)
+        model_registry.publish_model(store, name, folder, description, replace=existing is not None)
     return {**description, "name": name, "added": True}
 
 

@@ -39,10 +39,15 @@ class TrainJobParams(BaseModel):
     lora: dict[str, Any] = Field(default_factory=dict, description="LoraSettings overrides (fresh adapter only).")
 
 
-def train_config(settings: Settings, overrides: dict[str, Any]):
+def train_config(settings: Settings, overrides: dict[str, Any], parameters: int | None = None):
+    """CYCLE_DEFAULTS, then the learning rate and epochs fitted to the base model's size (when
+    `parameters` is known), then CONTINUUM_TRAIN_EPOCHS, then the job's own overrides."""
     from workers.learning.training import TrainConfig
 
     values = dict(CYCLE_DEFAULTS)
+    if parameters is not None:
+        sized = model_size_defaults(parameters)
+        values.update(learning_rate=sized["learning_rate"], epochs=sized["epochs"])
     if settings.train_epochs:
         values["epochs"] = settings.train_epochs
     values.update(overrides)
@@ -57,8 +62,8 @@ def train_config(settings: Settings, overrides: dict[str, Any]):
 # count applies. The random tiny model (3M weights) needs 40 epochs to learn 30 facts; pretrained
 # SmolLM2-135M-Instruct learns them in 8 (measured, 30 facts with sentence answers: lr 1e-3 × 8 epochs
 # recalled 0.47 by exact match, lr 2e-3 × 8 epochs 0.87 and 0.93 in two rounds), and every extra
-# epoch costs ~1.5 minutes of a 2-core CPU and more of its general answers. Not yet wired into
-# `train_config` (the train job's defaults are CYCLE_DEFAULTS): the lead decides.
+# epoch costs ~1.5 minutes of a 2-core CPU and more of its general answers. `train_config` applies the
+# learning rate and epochs; the rank is the same (16) for both sizes, so CONTINUUM_LORA_RANK decides it.
 MODEL_SIZE_DEFAULTS: tuple[tuple[float, dict[str, Any]], ...] = (
     (50e6, {"learning_rate": 2e-3, "epochs": 40, "lora_rank": 16}),
     (float("inf"), {"learning_rate": 2e-3, "epochs": 8, "lora_rank": 16}),

@@ -150,7 +150,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from workers.learning.training import TrainCallbacks, fit
 
     continual = recipe(params.recipe or ctx.settings.recipe, **params.recipe_overrides)
-    config = train_config(ctx.settings, params.train)
+    train_config(ctx.settings, params.train)  # bad overrides fail here, before the model loads
     dataset_id, manifest_key = inputs["dataset"]
     parent: Adapter | None = inputs["parent"]
     notes: list[str] = []
@@ -172,6 +172,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     fisher = _fisher_for_cycle(ctx, params, inputs, continual, notes)
 
     loaded = load_base(ctx)
+    # Validated above before any model was loaded; now fitted to the base model's size (epochs, rate).
+    config = train_config(ctx.settings, params.train, parameters=sum(p.numel() for p in loaded.model.parameters()))
     with scratch_dir(ctx) as tmp:
         parent_dir = download_adapter_row(ctx, parent, Path(tmp)) if parent is not None else None
         # CONTINUUM_LORA_* then the job's `lora` overrides; `auto` targets resolved for this architecture.

@@ -55,7 +55,8 @@ def _finished(resources, job_ids: list[str]) -> list[Job]:
 def test_twenty_training_jobs_keep_worker_rss_flat(dist_settings, resources, start_worker, dataset_id):
     started = time.monotonic()
     worker = start_worker("trainer")
-    params = {"dataset_id": dataset_id, "fresh": True, "train": TRAIN}
+    # naive: one optimiser step per job (the default recipe would also mix in self-replay rows).
+    params = {"dataset_id": dataset_id, "fresh": True, "train": TRAIN, "recipe": "naive"}
     # All queued up front: the worker (prefetch 1) takes them strictly one after another.
     job_ids = [enqueue_job(dist_settings, "train", params, device="cpu") for _ in range(JOBS)]
     samples: list[int] = []
