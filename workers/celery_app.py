@@ -127,10 +127,11 @@ def _register_job_task(app: Celery, kind: JobKind, settings: Settings) -> None:
                 idempotency_key=idempotency_key, unknown=unknown, message_id=self.request.id,
                 delivered_to=(self.request.delivery_info or {}).get("routing_key"),
             )
-        refused = _refuse_mismatch(self, kind, job_id)
-        if refused is not None:
-            return refused
-        return execute_job(self, job_id)
+        delivered = (self.request.delivery_info or {}).get("routing_key") or None
+        result = execute_job(self, job_id, kind=kind.name, queue=delivered)
+        if result.get("claim") == "refused":  # explained (one more read) only on this rare path
+            return _refuse_mismatch(self, kind, job_id) or result
+        return result
 
     job_task.__name__ = job_task.__qualname__ = f"{kind.name}_task"
     job_task.__doc__ = (f"Run one `{kind.name}` job (payload: {{\"job_id\": …}}, or {{\"params\": …, "
@@ -153,10 +154,12 @@ def _register_job_task(app: Celery, kind: JobKind, settings: Settings) -> None:
 
 
 def _refuse_mismatch(task, kind: JobKind, job_id: str) -> dict[str, Any] | None:
-    """Refuse a message whose job is of another kind, or that arrived on another queue than the job's.
+    """Explain (and log) the refusal of a message whose job is of another kind, or that arrived on
+    another queue than the job's. The claim itself refuses it (its WHERE names the task's kind and the
+    delivery queue), so nothing was touched: no claim, no attempt used; the message is acked.
 
     Without this a bare `{"job_id": …}` ran whatever kind the row says wherever it arrived (a cpu job
-    on the io worker). The refusal touches nothing: no claim, no attempt used; the message is acked.
+    on the io worker).
     """
     from sqlalchemy import select
 

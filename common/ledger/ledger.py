@@ -61,6 +61,7 @@ class ClaimOutcome(str, enum.Enum):
     cancelled = "cancelled"  # cancel was requested before it started: now `cancelled`
     exhausted = "exhausted"  # out of attempts: now `failed` for good (dead letter)
     missing = "missing"  # no such job (deleted, or a message from another database)
+    refused = "refused"  # the message reached a task of another kind, or another queue: nothing changed
 
 
 @dataclass(frozen=True)
@@ -222,31 +223,36 @@ class JobLedger(FencedWrites, Reaping):
 
     # ---------------------------------------------------------------- the lease
 
-    def claim(self, job_id: str, owner: str, lease_seconds: float) -> Claim:
+    def claim(self, job_id: str, owner: str, lease_seconds: float, kind: str | None = None,
+              queue: str | None = None) -> Claim:
         """Take the job if it is queued, or running under an expired lease, and has attempts left.
 
         A successful claim bumps the job's fencing token (`Claim.token`). A refusal is explained, and
         only a job that is *still* out of attempts (or cancelled) when we look is closed: a duplicate
         delivery that races the holder's hand-back must never dead-letter a job with attempts left.
+        With `kind`/`queue` (the claiming task's), a job of another kind or queue is `refused` untouched.
         """
         for _ in range(3):
             claimed = self._hot_statement(
-                "claim", {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds)}
+                "claim", {"job_id": job_id, "owner": owner, "lease_seconds": float(lease_seconds),
+                          "claim_kind": kind, "claim_queue": queue}
             )
             if claimed is not None:
                 return Claim(ClaimOutcome.claimed, Job(**claimed))
-            refusal = self._explain_refusal(job_id)
+            refusal = self._explain_refusal(job_id, kind, queue)
             if refusal is not None:
                 return refusal
             # The job changed between our claim and our look (e.g. handed back to the queue): try again.
         job = self.find(job_id)
         return Claim(ClaimOutcome.busy, job) if job is not None else Claim(ClaimOutcome.missing)
 
-    def _explain_refusal(self, job_id: str) -> Claim | None:
+    def _explain_refusal(self, job_id: str, kind: str | None = None, queue: str | None = None) -> Claim | None:
         """Why the claim found nothing to take; None when the job is claimable after all (it moved)."""
         job = self.find(job_id)
         if job is None:
             return Claim(ClaimOutcome.missing)
+        if (kind is not None and job.kind != kind) or (queue is not None and job.queue != queue):
+            return Claim(ClaimOutcome.refused, job)
         state = JobState(job.state)
         if state.finished:
             return Claim(ClaimOutcome.finished, job)

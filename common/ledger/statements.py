@@ -50,6 +50,10 @@ class HotStatements:
             update(jobs)
             .where(
                 c.id == bindparam("job_id"),
+                # The task that claims must be the job's own kind, on the job's queue (NULL: not checked).
+                # In the claim itself, so the check costs no extra round trip per job.
+                c.kind == func.coalesce(bindparam("claim_kind", type_=c.kind.type), c.kind),
+                c.queue == func.coalesce(bindparam("claim_queue", type_=c.queue.type), c.queue),
                 c.cancel_requested.is_(False),
                 c.attempts < c.max_attempts,
                 (c.state == JobState.queued.value)

@@ -67,13 +67,16 @@ class _ProgressPublisher:
             log.debug("progress event for %s not sent: %s", self.job_id, exc)
 
 
-def execute_job(task: Task, job_id: str) -> dict[str, Any]:
-    """Claim, run and record one job. Returns a small JSON summary (the ledger holds the truth)."""
+def execute_job(task: Task, job_id: str, kind: str | None = None, queue: str | None = None) -> dict[str, Any]:
+    """Claim, run and record one job. Returns a small JSON summary (the ledger holds the truth).
+
+    `kind`/`queue` are the claiming task's and the queue the message came from: a job of another kind
+    or queue is not claimed (outcome `refused`) and nothing about it changes."""
     settings: Settings = task.app.continuum_settings
     resources = resources_for(settings)
     ledger = resources.ledger
     owner = f"{task.request.hostname or 'local'}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-    claim = ledger.claim(job_id, owner, settings.job_lease_seconds)
+    claim = ledger.claim(job_id, owner, settings.job_lease_seconds, kind=kind, queue=queue)
     if not claim.ok:
         log.info("job %s not run: %s", job_id, claim.outcome.value)
         return {"job_id": job_id, "ran": False, "claim": claim.outcome.value}

@@ -46,6 +46,18 @@ def test_claim_once_then_duplicates_do_nothing(ledger):
     assert done.state == "succeeded" and done.result == {"answer": 42} and done.attempts == 1
 
 
+def test_a_claim_by_a_task_of_another_kind_or_queue_is_refused_and_changes_nothing(ledger):
+    job, _ = ledger.create("sleep", queue="cpu")
+    before = ledger.get(job.id)
+    for kind, queue in (("export", None), ("sleep", "io"), ("export", "cpu")):
+        claim = ledger.claim(job.id, "w1", lease_seconds=30, kind=kind, queue=queue)
+        assert claim.outcome is ClaimOutcome.refused
+        after = ledger.get(job.id)
+        assert (after.state, after.attempts, after.lease_token, after.lease_owner) == (
+            before.state, before.attempts, before.lease_token, before.lease_owner)
+    assert ledger.claim(job.id, "w1", lease_seconds=30, kind="sleep", queue="cpu").ok
+
+
 def test_expired_lease_can_be_taken_over_and_old_owner_is_locked_out(ledger):
     """Lease times are the database's: real (short) leases, real sleeps."""
     job, _ = ledger.create("sleep", queue="cpu")
