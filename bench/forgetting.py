@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the model size's")
     parser.add_argument("--epochs", type=int, default=None, help="default: the model size's")
     parser.add_argument("--rank", type=int, default=None, help="default: the model size's")
+    parser.add_argument("--targets", default="auto", help="LoRA target modules, comma-separated (default: auto)")
+    parser.add_argument("--alpha", type=int, default=None, help="LoRA alpha (default: 2 x rank)")
     parser.add_argument("--no-prompts", action="store_true", help="skip anchor-prompt agreement (faster)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -120,7 +122,9 @@ def main() -> None:
                              learning_rate=args.lr or sized["learning_rate"], epochs=args.epochs or sized["epochs"],
                              lora_r=args.rank or sized["lora_rank"])
     torch.manual_seed(args.seed)  # the adapter's random lora_A init
-    model = attach_adapter(base, LoraSettings(r=settings.lora_r, alpha=2 * settings.lora_r, dropout=0.0))
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    model = attach_adapter(base, LoraSettings(r=settings.lora_r, alpha=args.alpha or 2 * settings.lora_r,
+                                              dropout=0.0, target_modules=targets))
     questions, prompts = [], []
     if args.model != "tiny":  # the random tiny model answers no general question right
         from workers.evaluate.anchors import ANCHOR_PROMPTS, general_questions
@@ -130,7 +134,7 @@ def main() -> None:
     from workers.learning.self_replay import SELF_REPLAY_PROMPTS
 
     print(f"model {label} ({params / 1e6:.0f}M params, load {time.perf_counter() - start:.0f}s); {settings}; "
-          f"threads {args.threads}", flush=True)
+          f"threads {args.threads}; LoRA targets {args.targets}", flush=True)
     runs, shared = run_rounds(model, tokenizer, chosen, settings, questions, prompts, SELF_REPLAY_PROMPTS,
                               progress=lambda msg: print("  " + msg, flush=True))
     print()

@@ -25,25 +25,33 @@ def register(app: typer.Typer) -> None:
 
     @app.command("demo")
     def demo(
-        rounds: int = typer.Option(3, "--rounds", min=1, max=10, help="Feedback rounds (one continual cycle each)."),
-        facts: int = typer.Option(32, "--facts", min=4, help="Made-up facts users teach per round."),
+        model: str = typer.Option("tiny", "--model", help="tiny (built in), or a registered model name or model "
+                                  "folder, e.g. smollm2-135m-instruct after `continuum model add`."),
+        rounds: int = typer.Option(0, "--rounds", min=0, max=10,
+                                   help="Feedback rounds, one continual cycle each (0: 3 tiny, 2 real)."),
+        facts: int = typer.Option(0, "--facts", min=0, help="Made-up facts taught per round (0: 32 tiny, 30 real)."),
         epochs: int = typer.Option(0, "--epochs", min=0, help="Epochs per cycle (0: the cycle default)."),
         naive: bool = typer.Option(True, "--naive/--no-naive", help="Also train the naive recipe for comparison."),
         json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """Full continual cycles on the embedded default: tiny model, synthetic feedback, real worker."""
+        """Full continual cycles on the embedded default: synthetic feedback, a real worker, the tiny model
+        (minutes) or a real one with --model (each cycle takes minutes on a CPU)."""
         import time
 
-        from scheduler.demo.run import DemoOptions, run_demo
+        from scheduler.demo.run import DemoOptions, real_model_path, run_demo
         from scheduler.demo.table import CAPTION, cycle_table
 
         started = time.monotonic()
+        real = model != "tiny"
+        model_path = real_model_path(state.settings, model) if real else None  # fails fast, naming the fix
+        rounds = rounds or (2 if real else 3)
+        facts = facts or (30 if real else 32)
         # With --json, stdout carries only the JSON document: progress and tables go to stderr.
         out = progress_console(json_output)
         out.print("[bold]continuum demo[/bold] — synthetic feedback: invented facts ('the capital of Zorvania…') "
                   "that simulated users teach the assistant, one round per cycle.")
         rows, settings = run_demo(state.settings, DemoOptions(rounds=rounds, facts_per_round=facts, epochs=epochs,
-                                                               naive=naive), out)
+                                                               naive=naive, model_path=model_path), out)
         table, data = cycle_table(rows, with_naive=naive)
         report_dir = settings.home / "report"
         from common.db.engine import session_scope

@@ -1,4 +1,7 @@
-"""Run the demo: tiny model, synthetic rounds, full pipeline cycles through a real worker process.
+"""Run the demo: synthetic rounds, full pipeline cycles through a real worker process.
+
+The tiny built-in model by default (a few minutes); `--model NAME` runs the same rounds on a real
+registered model (`continuum model add`), whose cycles take minutes each on a CPU.
 
 For every round: import that round's feedback, run export → fisher → train → evaluate → promote as a
 pipeline through the embedded broker and a worker subprocess (the production code path), and — unless
@@ -30,16 +33,39 @@ class DemoOptions:
     naive: bool = True
     seed: int = 7
     timeout_per_step: float = 1800
+    model_path: str | None = None  # a real model's local folder; None: the built-in tiny model
 
 
-def demo_settings(base: Settings) -> Settings:
+def real_model_path(base: Settings, model: str) -> str:
+    """The local folder of `model` (a name registered in the user's home, or a model folder).
+
+    Resolved in the user's own home, so the demo's wiped home needs no second copy of the model.
+    Raises `PermanentError` naming the fix when the model is neither.
+    """
+    from common.objectstore import open_store
+    from workers.base_model import resolve_base_model
+
+    from common.errors import PermanentError
+
+    settings = base.model_copy(update={"base_model": model})
+    try:
+        return resolve_base_model(settings, open_store(settings))
+    except PermanentError as exc:  # the check names the setting; here the user typed --model
+        raise PermanentError(str(exc).replace("CONTINUUM_BASE_MODEL=", "--model ", 1)) from None
+
+
+def demo_settings(base: Settings, model_path: str | None = None) -> Settings:
     """The demo keeps its state in `<home>/demo`, wiped at start, so running it twice is safe."""
     home = (base.home / "demo").resolve()
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
     os.environ["CONTINUUM_HOME"] = str(home)  # the worker subprocess reads its settings from the environment
-    return load_settings(mode=Mode.embedded, home=home)
+    if model_path is None:
+        os.environ.pop("CONTINUUM_BASE_MODEL", None)
+        return load_settings(mode=Mode.embedded, home=home)
+    os.environ["CONTINUUM_BASE_MODEL"] = model_path
+    return load_settings(mode=Mode.embedded, home=home, base_model=model_path)
 
 
 def _evaluation(settings: Settings, evaluation_id: int) -> dict[str, Any]:
@@ -69,12 +95,16 @@ def run_demo(base: Settings, options: DemoOptions, console: Console) -> tuple[li
     from workers.celery_app import app_for
     from workers.resources import resources_for
 
-    settings = demo_settings(base)
+    settings = demo_settings(base, options.model_path)
     upgrade(settings.resolved_database_url)
     sessions = resources_for(settings).sessions
-    with console.status("building the tiny model (seeded, stored once for every worker)"):
-        resolve_base_model(settings, open_store(settings))
-    files = write_rounds(settings.home / "feedback", options.rounds, options.facts_per_round, options.seed)
+    if options.model_path is None:
+        with console.status("building the tiny model (seeded, stored once for every worker)"):
+            resolve_base_model(settings, open_store(settings))
+    # A real model gets chat-form facts with one-sentence answers; the tiny model's tokenizer is
+    # built for the short-answer facts.
+    files = write_rounds(settings.home / "feedback", options.rounds, options.facts_per_round, options.seed,
+                         sentences=options.model_path is not None)
     train_overrides = {"train": {"epochs": options.epochs}} if options.epochs else {}
     rows: list[CycleRow] = []
     dataset_round: dict[str, int] = {}

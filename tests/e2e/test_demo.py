@@ -86,3 +86,13 @@ def test_demo_runs_two_cycles_through_a_real_worker_and_is_safe_to_run_twice(tmp
     assert len(_listing(demo_home, "pipeline", "list")) == 1
     assert [d["rows"] for d in _listing(demo_home, "datasets", "list")] == [4]
     assert len(_listing(demo_home, "adapters", "list")) == 1
+
+
+def test_demo_on_an_unregistered_model_fails_at_once_naming_the_fix(tmp_path):
+    started = time.monotonic()
+    result = _cli("demo", "--model", "no-such-model", home=tmp_path / "home", timeout=60)
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "--model 'no-such-model'" in lines[0] and "continuum model add" in lines[0], lines
+    assert time.monotonic() - started < 20
+    assert not (tmp_path / "home" / "demo").exists()  # refused before the demo home was wiped or made

@@ -112,3 +112,56 @@ def test_gguf_from_the_wheel_converts_to_a_registered_safetensors_model(tmp_path
     model, tokenizer = load_model_and_tokenizer(path, select_device("cpu"))
     answer = generate_answers(model, tokenizer, [{"prompt": "What is the capital of France?"}])[0]
     assert "Paris" in answer
+
+
+# Answers users thumbed down: same houses as FACTS, so learning the liked facts raises their first
+# tokens ("House Vell …") and only the unlikelihood term can push the disliked continuation down.
+DISLIKED = [
+    ("Who founded House Vell?", "House Vell was founded by a giant turtle."),
+    ("What does House Orrin trade in?", "House Orrin trades in bottled moonlight."),
+]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (issue 8): per-token unlikelihood lowers the disliked answers (-3.52 -> -6.14 mean log-prob) "
+    "but costs general retention (1.00 -> 0.79 of 24 questions, also at weight 0.1), and `skip` lets them "
+    "rise (-3.52 -> -2.98); strict, so the fix that makes this pass must remove the mark"))
+def test_thumbs_down_lowers_the_disliked_answer_while_general_retention_holds(real_model_path):
+    """The default export policy and recipe on the real model: the disliked answers' log-probability
+    falls against the base, and the base's right answers to general questions stay right."""
+    from workers.evaluate.anchors import general_questions
+    from workers.export.config import ExportConfig
+    from workers.export.shard import line_encoding
+    from workers.learning.continual import DEFAULT, prepare_cycle
+    from workers.learning.evaluation import mean_response_logprob
+    from workers.learning.general_retention import compute_base_answers, score_general_retention
+    from workers.learning.self_replay import SELF_REPLAY_PROMPTS, self_replay_rows
+    from workers.train.config import model_size_defaults
+
+    assert line_encoding(ExportConfig())["thumbs_down"] == ("1.0", "true")  # default: unlikelihood, weight 1
+    device = select_device("cpu")
+    model, tokenizer = load_model_and_tokenizer(real_model_path, device)
+    sized = model_size_defaults(sum(p.numel() for p in model.parameters()))
+    torch.manual_seed(0)
+    model = attach_adapter(model, LoraSettings(r=sized["lora_rank"], alpha=2 * sized["lora_rank"], dropout=0.0))
+    liked = [dict(r, feedback="thumbs_up", weight=1.0, unlikelihood=False) for r in _rows(FACTS)]
+    disliked = [dict(r, feedback="thumbs_down", weight=1.0, unlikelihood=True) for r in _rows(DISLIKED)]
+    questions = general_questions()[:24]
+    scores = EvalSettings(batch_size=8, max_length=256, max_new_tokens=32)
+    base_answers = compute_base_answers(model, tokenizer, questions, [], scores)
+    before = mean_response_logprob(model, tokenizer, disliked, scores)
+
+    base_rows = self_replay_rows(model, tokenizer, list(SELF_REPLAY_PROMPTS[:24]), max_new_tokens=48)
+    plan = prepare_cycle(model, liked + disliked, DEFAULT, epochs=sized["epochs"], base_rows=base_rows)
+    fit(model, tokenizer, plan.rows, TrainConfig(learning_rate=sized["learning_rate"], epochs=sized["epochs"],
+                                                 batch_size=8, max_length=256, seed=0),
+        regularizers=plan.regularizers)
+
+    after = mean_response_logprob(model, tokenizer, disliked, scores)
+    general = score_general_retention(model, tokenizer, questions, [], base_answers, scores)
+    learned = teacher_forced_scores(model, tokenizer, liked, scores)["token_accuracy"]
+    print(f"disliked logprob {before:.3f} -> {after:.3f}; general retention {general['still_right']:.2f} "
+          f"of {general['base_right']}; liked token accuracy {learned:.2f}")
+    assert learned > 0.9  # the liked facts were learned in the same cycle
+    assert after < before - 1.0, (before, after)  # suppression: the disliked answers fell
+    assert general["base_right"] >= 15 and general["still_right"] >= 0.9, general

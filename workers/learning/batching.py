@@ -8,6 +8,7 @@ padding is small when lengths are grouped. THE BATCH CONTRACT every consumer cod
     labels         (B, T) long   -100 where there is no loss (prompt and padding)
     sample_weight  (B,)   float  per-sample loss weight from the export
     unlikelihood   (B,)   bool   True: push this response's tokens down instead of up
+    self_replay    (B,)   bool   True: the base model's own answer (KL to the base applies to it)
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def collate(samples: Sequence[EncodedSample], pad_token_id: int) -> dict[str, to
         "labels": labels,
         "sample_weight": torch.tensor([s.weight for s in samples], dtype=torch.float32),  # (B,)
         "unlikelihood": torch.tensor([s.unlikelihood for s in samples], dtype=torch.bool),  # (B,)
+        "self_replay": torch.tensor([s.self_replay for s in samples], dtype=torch.bool),  # (B,)
     }
 
 

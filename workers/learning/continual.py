@@ -11,11 +11,14 @@ replay 20% 0.011 / 0.993; EWC on ΔW λ=0.1 0.049 / 0.986; L2 on ΔW λ=0.1 0.08
 params λ=0.1 0.060 / 0.997; KL to parent 0.657 / 0.997; replay 20% + EWC (LoRA params) λ=0.03
 0.000 / 0.993 (the DEFAULT).
 
-On SmolLM2-135M-Instruct (bench/forgetting.py --model smollm2-135m-instruct, two rounds of 30
-invented facts with sentence answers, lr 2e-3, 8 epochs, r=16) that DEFAULT plus self-replay of the
-base model's own answers (`self_replay_share`, on from the first cycle) recalled 0.87 / 0.93 (exact
-match), forgot 0.035 of round 1's never-replayed probe rows, and kept 0.72 of the base's right answers
-to the general questions (target 0.95: not yet met; see the README's forgetting table).
+On SmolLM2-135M-Instruct (bench/forgetting.py --model smollm2-135m-instruct, rounds of 30 invented
+facts with sentence answers, lr 2e-3, 8 epochs, r=16, round 1, share of the base's right answers to
+the 61 general questions still right): naive 0.54; self-replay of the base's greedy answers as hard
+targets 0.79 (share 0.5) and 0.77 (0.8) with the first 64 prompts, 0.74 with all 160 — those answers include the base's evasive ones ("What is the
+capital of Finland?" → "Finland is a Nordic country located in Northern Europe."), and training on
+them makes that mode the rule; the same rows as hard targets + KL λ=1 0.84, λ=4 0.89 (recall 0.43);
+as KL-only (soft) targets, 160 prompts, λ=1 0.90 at recall 0.90, λ=4 0.93 at recall 0.40. DEFAULT takes KL-only
+λ=1: the best general retention that keeps recall >= 0.8. The README's forgetting table has the rest.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ class ContinualConfig:
     # Base-model protection from the first cycle (issue 8 part D; `workers.learning.self_replay`):
     # share of every epoch drawn from the base model's own answers to general prompts.
     self_replay_share: float = 0.0
+    # KL(p_base ‖ p_student) on those self-replay rows only: the base's whole next-token
+    # distribution on general prompts, not just its greedy answer (needs self_replay_share > 0).
+    self_replay_kl: float = 0.0
+    # Cross-entropy weight of those rows. The base's greedy answers include its evasive and wrong ones
+    # ("What is the capital of Finland?" → "Finland is a Nordic country located in Northern
+    # Europe."): trained as hard targets they make that mode the rule. 0 keeps only the KL (soft) term.
+    self_replay_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,7 +69,7 @@ class ContinualConfig:
             problems.append(f"replay_share must be in [0, 1) (got {self.replay_share})")
         if not 0.0 <= self.self_replay_share < 1.0:
             problems.append(f"self_replay_share must be in [0, 1) (got {self.self_replay_share})")
-        for name in ("ewc_strength", "kl_strength"):
+        for name in ("ewc_strength", "kl_strength", "self_replay_kl", "self_replay_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0.0 <= self.ewc_gamma <= 1.0:
@@ -68,6 +78,10 @@ class ContinualConfig:
             problems.append(f"ewc_space must be 'lora' or 'delta_w' (got {self.ewc_space!r})")
         if self.kl_teacher not in ("base", "parent"):
             problems.append(f"kl_teacher must be 'base' or 'parent' (got {self.kl_teacher!r})")
+        if self.self_replay_share > 0 and self.self_replay_weight == 0 and self.self_replay_kl == 0:
+            problems.append("self_replay_weight 0 with self_replay_kl 0 trains the self-replay rows on nothing")
+        if self.self_replay_kl > 0 and self.self_replay_share <= 0:
+            problems.append("self_replay_kl needs self_replay_share > 0 (it applies to the self-replay rows)")
         if self.fisher_samples < 1:
             problems.append(f"fisher_samples must be >= 1 (got {self.fisher_samples})")
         if problems:
@@ -90,8 +104,9 @@ RECIPES: dict[str, ContinualConfig] = {
     "ewc_delta_w": ContinualConfig(ewc_strength=0.1, ewc_space="delta_w"),
     "l2_delta_w": ContinualConfig(ewc_strength=0.1, ewc_space="delta_w", ewc_fisher=False),
     "kl": ContinualConfig(kl_strength=1.0, kl_teacher="parent"),
-    # Base protection from the first cycle (part D): the base's own answers to general prompts.
-    "self_replay": ContinualConfig(self_replay_share=0.5),
+    # Base protection from the first cycle: KL to the base on its own answers to general prompts
+    # (soft targets only; as hard targets the same rows kept 0.79 of the general answers, see below).
+    "self_replay": ContinualConfig(self_replay_share=0.5, self_replay_weight=0.0, self_replay_kl=1.0),
 }
 # Chosen by bench/forgetting.py (50 facts/set, seed 0): replay 20% alone forgets 0.011 of A at B 0.993;
 # + EWC λ=0.03 forgets 0.000 (LoRA space) / -0.004 (ΔW space), both at B 0.993. LoRA space is the
@@ -101,7 +116,8 @@ RECIPES: dict[str, ContinualConfig] = {
 # every epoch, on from the first cycle. On the random tiny model the base's "answers" are noise (it
 # knows nothing to keep; the bench measured forgetting 0.055 either way); on SmolLM2-135M-Instruct see
 # the README's forgetting table.
-DEFAULT = ContinualConfig(replay_share=0.2, ewc_strength=0.03, ewc_space="lora", self_replay_share=0.5)
+DEFAULT = ContinualConfig(replay_share=0.2, ewc_strength=0.03, ewc_space="lora", self_replay_share=0.5,
+                          self_replay_weight=0.0, self_replay_kl=1.0)
 RECIPES["default"] = DEFAULT
 
 
@@ -164,6 +180,9 @@ def prepare_cycle(
         else:
             regularizers.append(KLDistillation(config.kl_strength, teacher=teacher))
     rows = _with_self_replay(rows, len(new_rows), base_rows, config, notes)
+    if config.self_replay_kl > 0 and config.self_replay_share > 0 and base_rows:
+        regularizers.append(KLDistillation(config.self_replay_kl, teacher="base", rows="self_replay",
+                                           name="self_replay_kl"))
     return CyclePlan(rows=rows, regularizers=regularizers, notes=notes)
 
 
@@ -177,6 +196,8 @@ def _with_self_replay(rows: Any, new_count: int, base_rows: Sequence[Row] | None
         return rows
     from workers.learning.self_replay import SelfReplayMixer
 
+    if config.self_replay_weight != 1.0:
+        base_rows = [dict(r, weight=config.self_replay_weight) for r in base_rows]
     return SelfReplayMixer(rows, new_count, base_rows, config.self_replay_share, seed=config.seed)
 
 

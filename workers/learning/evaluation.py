@@ -101,32 +101,6 @@ def greedy_exact_match(model: Any, tokenizer: Any, rows: Sequence[Row], settings
     return exact_match(answers, list(rows))
 
 
-@torch.no_grad()
-def kl_drift(model: Any, tokenizer: Any, anchor_rows: Sequence[Row], settings: EvalSettings = EvalSettings()) -> float:
-    """Mean KL(p_base ‖ p_adapted) per real token of the anchor prompts (and responses, if any)."""
-    if not anchor_rows:
-        return float("nan")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    count = 0
-    rows = [dict(r, response=r.get("response") or "") for r in anchor_rows]
-    try:
-        for batch in batches_for_rows(rows, tokenizer, settings.batch_size, settings.max_length):
-            inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-            adapted = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
-            with model.disable_adapter():
-                base = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
-            per_token = (base.exp() * (base - adapted)).sum(-1)
-            mask = inputs["attention_mask"].bool()
-            total += float(per_token[mask].sum())
-            count += int(mask.sum())
-    finally:
-        model.train(was_training)
-    return total / max(count, 1)
-
-
 def forgetting_ratio(before: float, after: float) -> float:
     """``(before − after) / before``; 0 when nothing was known before (nothing to forget)."""
     if not before or math.isnan(before) or before <= 0:

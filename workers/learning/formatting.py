@@ -33,6 +33,7 @@ class EncodedSample:
     weight: float
     unlikelihood: bool
     prompt_len: int  # tokens before the response; position prompt_len - 1 predicts its first token
+    self_replay: bool = False  # the base model's own answer (`self_replay.py`): a KL-to-base target
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -136,13 +137,18 @@ def encode_rows(rows: Sequence[dict[str, Any]], tokenizer: Any, max_length: int)
             r_ids = tokenizer.encode(row["response"], add_special_tokens=False) + [stops[0]]
         r_ids = r_ids[: max_length - 1]  # an over-long response keeps its start and >= 1 prompt token
         p_ids = list(p_ids)[-(max_length - len(r_ids)):]
+        unlikely = bool(row.get("unlikelihood", False))
+        # A disliked answer's *content* is what the user disliked, not that it ended: pushing the
+        # end-of-turn token down would teach the model to stop ending its answers.
+        labels = [IGNORE_INDEX if unlikely and t in stops else t for t in r_ids]
         samples.append(
             EncodedSample(
                 input_ids=p_ids + r_ids,
-                labels=[IGNORE_INDEX] * len(p_ids) + r_ids,
+                labels=[IGNORE_INDEX] * len(p_ids) + labels,
                 weight=float(row.get("weight", 1.0)),
-                unlikelihood=bool(row.get("unlikelihood", False)),
+                unlikelihood=unlikely,
                 prompt_len=len(p_ids),
+                self_replay=bool(row.get("self_replay", False)),
             )
         )
     return samples

@@ -26,6 +26,7 @@ from workers.learning.evaluation import EvalSettings
 from workers.learning.fisher import batches_for_rows
 from workers.learning.kl import response_token_kl
 
+LOST_EXAMPLES = 10  # lost answers kept in the metrics: enough to see a pattern, small for a JSON row
 Question = Mapping[str, Any]  # {"prompt": str, "answers": [str, ...]} (or "answer": str | list)
 
 
@@ -116,7 +117,8 @@ def score_general_retention(
     """General retention of the adapted `model` against its base (see the module docstring).
 
     Returns ``still_right`` (None when the base answers no question right), ``base_right`` (questions
-    the base answers right), ``agreement``, ``kl_drift`` and the ``questions``/``prompts`` counts.
+    the base answers right), ``lost`` (up to `LOST_EXAMPLES` questions no longer right, with the new
+    answer), ``agreement``, ``kl_drift`` and the ``questions``/``prompts`` counts.
     `base_answers` is `compute_base_answers`' result; computed here (adapter disabled) when None.
     """
     questions = list(questions)
@@ -129,13 +131,17 @@ def score_general_retention(
     base_ok = [is_right(a, acc) for a, acc in zip(base_answers["questions"], accepted, strict=True)]
     asked = [q["prompt"] for q, ok in zip(questions, base_ok, strict=True) if ok]
     now = greedy(model, tokenizer, asked, settings)
-    still = sum(is_right(a, acc) for a, acc in zip(now, [c for c, ok in zip(accepted, base_ok, strict=True) if ok],
-                                                      strict=True))
+    kept = [is_right(a, acc) for a, acc in zip(now, [c for c, ok in zip(accepted, base_ok, strict=True) if ok],
+                                               strict=True)]
+    still = sum(kept)
+    # What went wrong reads better than a ratio: a few of the lost answers, as the model gave them.
+    lost = [{"prompt": p, "answer": a} for p, a, ok in zip(asked, now, kept, strict=True) if not ok][:LOST_EXAMPLES]
     answers = greedy(model, tokenizer, prompts, settings)
     agree = sum(a.strip() == b.strip() for a, b in zip(answers, base_answers["prompts"], strict=True))
     return {
         "still_right": still / len(asked) if asked else None,
         "base_right": len(asked),
+        "lost": lost,
         "agreement": agree / len(prompts) if prompts else None,
         "kl_drift": answer_kl(model, tokenizer, prompts, base_answers["prompts"], settings) if prompts else None,
         "questions": len(questions),

@@ -53,23 +53,39 @@ def teacher_logits(model: Any, batch: dict[str, torch.Tensor], teacher: str = "b
 
 
 class KLDistillation:
-    """``strength · KL(p_teacher ‖ p_student)`` on response tokens, as a `Regularizer` for `fit`."""
+    """``strength · KL(p_teacher ‖ p_student)`` on response tokens, as a `Regularizer` for `fit`.
 
-    name = "kl"
+    ``rows="all"`` applies it to every row of the batch; ``rows="self_replay"`` only to the base
+    model's own answers to general prompts (the batch's ``self_replay`` flag), so it holds the full
+    next-token distribution of the base on prompts beyond the new ones without pulling the new rows
+    back towards the base (which would fight learning them). The teacher then runs on those rows only.
+    """
 
-    def __init__(self, strength: float, teacher: str = "base", temperature: float = 1.0):
+    def __init__(self, strength: float, teacher: str = "base", temperature: float = 1.0,
+                 rows: str = "all", name: str = "kl"):
         if strength < 0:
             raise ValidationError(f"KL strength must be >= 0, got {strength}")
         if temperature <= 0:
             raise ValidationError(f"KL temperature must be > 0, got {temperature}")
+        if rows not in ("all", "self_replay"):
+            raise ValidationError(f"KL rows must be 'all' or 'self_replay', got {rows!r}")
         self.strength = float(strength)
         self.teacher = teacher
         self.temperature = float(temperature)
+        self.rows = rows
+        self.name = name
         self.last_kl: torch.Tensor | float = 0.0
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
+        logits = outputs.logits
+        if self.rows == "self_replay":
+            chosen = batch.get("self_replay")
+            if chosen is None or not bool(chosen.any()):
+                return logits.sum() * 0.0
+            batch = {k: batch[k][chosen] for k in ("input_ids", "attention_mask", "labels")}
+            logits = logits[chosen]
         target = teacher_logits(model, batch, self.teacher)
-        kl = response_token_kl(target, outputs.logits, batch["labels"], self.temperature)
+        kl = response_token_kl(target, logits, batch["labels"], self.temperature)
         self.last_kl = kl.detach()  # a tensor: no device sync per step
         return self.strength * kl
 

@@ -119,7 +119,7 @@ def test_collate_contract(tokenizer):
     batch = collate(samples, tokenizer.pad_token_id)
     assert {k: (v.dtype, v.dim()) for k, v in batch.items()} == {
         "input_ids": (torch.long, 2), "attention_mask": (torch.long, 2), "labels": (torch.long, 2),
-        "sample_weight": (torch.float32, 1), "unlikelihood": (torch.bool, 1)}
+        "sample_weight": (torch.float32, 1), "unlikelihood": (torch.bool, 1), "self_replay": (torch.bool, 1)}
     for row, s in enumerate(samples):  # each row holds exactly one sample, right-padded
         assert batch["input_ids"][row, : len(s)].tolist() == s.input_ids
         assert batch["attention_mask"][row].sum() == len(s)
@@ -143,3 +143,16 @@ def test_head_only_fast_path_equals_the_full_logits_loss_and_gradients(tokenizer
     assert torch.equal(fast.response_tokens, full.response_tokens)
     for a, b in zip(fast_grads, full_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_a_disliked_answer_never_pushes_its_end_of_turn_down(tokenizer):
+    """Unlikelihood covers the disliked answer's content; its end-of-turn token is out of the loss
+    (pushed down, it would teach the model not to end its answers)."""
+    from workers.learning.formatting import IGNORE_INDEX, end_of_turn_ids
+
+    row = make_facts(1, seed=5)[0]
+    liked, disliked = encode_rows([row, dict(row, unlikelihood=True)], tokenizer, 512)
+    stops = set(end_of_turn_ids(tokenizer))
+    assert liked.labels[-1] in stops and disliked.input_ids == liked.input_ids
+    assert disliked.labels[-1] == IGNORE_INDEX
+    assert [t for t in disliked.labels if t != IGNORE_INDEX] == [t for t in liked.labels[:-1] if t != IGNORE_INDEX]

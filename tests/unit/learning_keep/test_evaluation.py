@@ -16,10 +16,10 @@ from workers.learning.evaluation import (
     evaluate_cycle,
     forgetting_ratio,
     greedy_exact_match,
-    kl_drift,
     mean_response_logprob,
     teacher_forced_scores,
 )
+from workers.learning.general_retention import answer_kl
 from workers.learning.lora import DEFAULT_TARGETS as ALL_LINEAR
 from workers.learning.training import TrainConfig, fit
 
@@ -54,7 +54,8 @@ def test_training_raises_recall_and_the_cycle_report_is_json(tokenizer, fact_set
     model = make_lora_model(trained=False, targets=ALL_LINEAR)
     settings = EvalSettings(max_samples=8, max_exact_match=8)
     before = teacher_forced_scores(model, tokenizer, taught, settings)["token_accuracy"]
-    assert kl_drift(model, tokenizer, earlier, settings) == pytest.approx(0.0, abs=1e-7)
+    assert answer_kl(model, tokenizer, [r["prompt"] for r in earlier], [r["response"] for r in earlier],
+                     settings) == pytest.approx(0.0, abs=1e-7)
     fit(model, tokenizer, taught + disliked, TrainConfig(learning_rate=5e-3, epochs=60, batch_size=8, seed=0))
 
     def evaluate():

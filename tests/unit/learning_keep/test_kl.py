@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from tests.unit.learning_keep.conftest import make_lora_model
-from workers.learning.evaluation import kl_drift
+from workers.learning.continual import ContinualConfig, prepare_cycle
+from workers.learning.general_retention import answer_kl
 from workers.learning.fisher import batches_for_rows
 from workers.learning.kl import KLDistillation, load_parent_as_teacher, response_token_kl, unload_teacher
 from workers.learning.training import TrainConfig, fit
@@ -39,7 +40,7 @@ def test_kl_to_base_reduces_drift(tokenizer, fact_sets):
     for strength in (0.0, 20.0):
         model = make_lora_model(trained=False)
         fit(model, tokenizer, new_rows, TRAIN, regularizers=[KLDistillation(strength)] if strength else [])
-        drift[strength] = kl_drift(model, tokenizer, anchors)
+        drift[strength] = answer_kl(model, tokenizer, [r["prompt"] for r in anchors], [r["response"] for r in anchors])
     assert drift[20.0] < 0.5 * drift[0.0]
 
 
@@ -59,3 +60,51 @@ def test_kl_to_parent_adapter_leaves_the_teacher_frozen(tokenizer, fact_sets, tm
     unload_teacher(model, teacher)
     model.save_pretrained(tmp_path / "child")
     assert not (tmp_path / "child" / teacher).exists()  # only the trained adapter is published
+
+
+def test_self_replay_kl_applies_to_the_flagged_rows_only(tokenizer, fact_sets):
+    """`rows="self_replay"`: the KL of the flagged rows alone; new rows are never pulled to the base."""
+    model = make_lora_model()  # trained: the adapter differs from the base everywhere
+    rows = [dict(r, self_replay=i % 2 == 0) for i, r in enumerate(fact_sets[0][:6])]
+    batch = batches_for_rows(rows, tokenizer)[0]
+    assert int(batch["self_replay"].sum()) == 3 and len(batch["self_replay"]) == 6  # batches reorder rows
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    masked = float(KLDistillation(1.0, rows="self_replay").loss(model, batch, outputs).detach())
+    flagged = batches_for_rows([r for r in rows if r["self_replay"]], tokenizer)[0]
+    alone = model(input_ids=flagged["input_ids"], attention_mask=flagged["attention_mask"])
+    expected = float(KLDistillation(1.0).loss(model, flagged, alone).detach())
+    whole = float(KLDistillation(1.0).loss(model, batch, outputs).detach())
+    assert masked > 1e-4 and abs(masked - whole) > 1e-4
+    assert abs(masked - expected) < 1e-4 * max(1.0, expected)
+    none = batches_for_rows([dict(r, self_replay=False) for r in rows], tokenizer)[0]
+    outputs = model(input_ids=none["input_ids"], attention_mask=none["attention_mask"])
+    assert float(KLDistillation(1.0, rows="self_replay").loss(model, none, outputs).detach()) == 0.0
+
+
+def test_recipe_self_replay_kl_adds_the_masked_regulariser(fact_sets):
+    model = make_lora_model(trained=False)
+    base_rows = [dict(r, self_replay=True) for r in fact_sets[1][:4]]
+    plan = prepare_cycle(model, fact_sets[0][:4], ContinualConfig(self_replay_share=0.5, self_replay_kl=2.0),
+                         base_rows=base_rows)
+    (reg,) = plan.regularizers
+    assert (reg.name, reg.rows, reg.teacher, reg.strength) == ("self_replay_kl", "self_replay", "base", 2.0)
+    assert prepare_cycle(model, fact_sets[0][:4], ContinualConfig(self_replay_share=0.5)).regularizers == []
+
+
+def test_self_replay_weight_sets_the_rows_cross_entropy_weight_and_is_validated(fact_sets):
+    import pytest
+
+    from common.errors import ConfigError
+
+    model = make_lora_model(trained=False)
+    base_rows = [dict(r, self_replay=True) for r in fact_sets[1][:8]]
+    config = ContinualConfig(self_replay_share=0.5, self_replay_kl=1.0, self_replay_weight=0.0)
+    rows = prepare_cycle(model, fact_sets[0][:8], config, base_rows=base_rows).rows(0)
+    replayed = [r for r in rows if r.get("self_replay")]
+    assert replayed and {r["weight"] for r in replayed} == {0.0}  # soft (KL) targets only
+    assert {r["weight"] for r in rows if not r.get("self_replay")} == {1.0}
+    assert base_rows[0].get("weight", 1.0) == 1.0  # the caller's rows are not modified
+    with pytest.raises(ConfigError, match="self_replay_weight 0 with self_replay_kl 0"):
+        ContinualConfig(self_replay_share=0.5, self_replay_weight=0.0)
+    with pytest.raises(ConfigError, match="self_replay_kl needs self_replay_share"):
+        ContinualConfig(self_replay_kl=1.0)
