@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
         facts = facts or (30 if real else 32)
         # With --json, stdout carries only the JSON document: progress and tables go to stderr.
         out = progress_console(json_output)
-        out.print("[bold]continuum demo[/bold] — synthetic feedback: invented facts ('the capital of Zorvania…') "
+        example = "'What sigil does House Qualon bear?'" if real else "'the capital of Zorvania…'"
+        out.print(f"[bold]continuum demo[/bold] — synthetic feedback: invented facts ({example}) "
                   "that simulated users teach the assistant, one round per cycle.")
         rows, settings = run_demo(state.settings, DemoOptions(rounds=rounds, facts_per_round=facts, epochs=epochs,
                                                                naive=naive, model_path=model_path), out)
