@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--self-replay-cache", help="JSON file of this base model's self-replay rows: read "
+                        "when it exists, else written (saves minutes of generation per sweep run)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -135,8 +137,21 @@ def main() -> None:
 
     print(f"model {label} ({params / 1e6:.0f}M params, load {time.perf_counter() - start:.0f}s); {settings}; "
           f"threads {args.threads}; LoRA targets {args.targets}", flush=True)
+    given = None
+    cache = Path(args.self_replay_cache) if args.self_replay_cache else None
+    if cache is not None and cache.exists():
+        given = json.loads(cache.read_text())
+        if [r["prompt"] for r in given] != [p for p in SELF_REPLAY_PROMPTS if p in {r["prompt"] for r in given}]:
+            raise SystemExit(f"{cache} holds rows for another prompt list: delete it to regenerate")
+    elif cache is not None and any(c.self_replay_share > 0 for c in chosen.values()):
+        from workers.learning.self_replay import self_replay_rows
+
+        t0 = time.perf_counter()
+        given = self_replay_rows(model, tokenizer, list(SELF_REPLAY_PROMPTS), max_new_tokens=64)
+        cache.write_text(json.dumps(given))
+        print(f"  self-replay: {len(given)} rows in {time.perf_counter() - t0:.0f}s, cached in {cache}", flush=True)
     runs, shared = run_rounds(model, tokenizer, chosen, settings, questions, prompts, SELF_REPLAY_PROMPTS,
-                              progress=lambda msg: print("  " + msg, flush=True))
+                              progress=lambda msg: print("  " + msg, flush=True), self_replay_given=given)
     print()
     for line in table(runs, settings.rounds):
         print(line)

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on a new adapter's LoRA input.")
     recipe: str = Field("default", description="Continual recipe: `default` (replay + regularisers) or `naive`.")
     train_epochs: int = Field(0, ge=0, description="Epochs per training cycle; 0 = the recipe's default.")
+    suppression_margin: float = Field(
+        2.0, ge=0,
+        description="Unlikelihood stops pushing a thumbs-down answer once its mean token log-prob is this many "
+        "nats below the base model's; 0 = no bound (every epoch pushes it further).",
+    )
     fisher_max_samples: int = Field(256, ge=1, description="Most samples one Fisher computation reads.")
     reteach_after_rollback: bool = Field(
         True,

@@ -4,6 +4,12 @@ Each sample's loss is the mean over its own response tokens (so a long answer do
 short one), times its export weight; the batch loss is the mean over samples. Samples flagged
 `unlikelihood` (thumbs-down under that policy) use -log(1 - p(token)) instead, which pushes those
 tokens down without the unbounded gradient of negated cross-entropy.
+
+Unlikelihood alone never stops: every step, and every later cycle that replays the row, pushes
+the disliked answer further down, moving the adapter for nothing once the answer is gone.
+`stop_below` (B,) bounds it: a flagged sample whose mean response log-prob is already below its
+floor contributes nothing (`workers.learning.suppression` sets the floor at the base model's mean
+log-prob minus a margin).
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ def response_loss(
     sample_weight: torch.Tensor,
     unlikelihood: torch.Tensor | None = None,
     token_weight: torch.Tensor | None = None,
+    stop_below: torch.Tensor | None = None,
 ) -> LossOutput:
     """Weighted response-only loss of a causal LM batch.
 
     logits (B, K, V) may cover only the last K positions of the (B, T) labels (a model run with
     `logits_to_keep=K`); position t predicts token t + 1. token_weight (B, T), when given, multiplies
-    each token's term (importance weighting).
+    each token's term (importance weighting). stop_below (B,): see the module docstring.
     """
     batch, width = labels.shape
     keep = logits.size(1)
@@ -56,9 +63,12 @@ def response_loss(
         unlikely = -torch.log(torch.clamp(1.0 - p, min=_MIN_ONE_MINUS_P))  # (B, K-1)
         terms = torch.where(unlikelihood[:, None], unlikely, nll)
     maskf = mask.to(terms.dtype)
+    counts = mask.sum(dim=1)  # (B,)
+    if unlikelihood is not None and stop_below is not None:
+        mean_logprob = -(nll * maskf).sum(dim=1) / counts.clamp(min=1)  # (B,)
+        sample_weight = sample_weight * _still_pushing(unlikelihood, mean_logprob, stop_below)
     if token_weight is not None:
         maskf = maskf * token_weight[:, width - keep + 1 :].to(terms.dtype)
-    counts = mask.sum(dim=1)  # (B,)
     per_sample = (terms * maskf).sum(dim=1) / counts.clamp(min=1)  # (B,)
     weighted = per_sample * sample_weight.to(per_sample.dtype)  # (B,)
     return LossOutput(loss=weighted.mean(), per_sample=weighted.detach(), response_tokens=counts)
@@ -72,6 +82,7 @@ def selected_response_loss(
     sample_weight: torch.Tensor,
     unlikelihood: torch.Tensor | None = None,
     token_weight: torch.Tensor | None = None,
+    stop_below: torch.Tensor | None = None,
 ) -> LossOutput:
     """The same loss as `response_loss`, from logits computed only at the N positions that carry loss.
 
@@ -79,20 +90,35 @@ def selected_response_loss(
     """
     nll = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
     terms = nll
+    counts = torch.bincount(rows, minlength=batch_size)  # (B,)
     if unlikelihood is not None:
         unlikely = -torch.log(torch.clamp(1.0 - torch.exp(-nll), min=_MIN_ONE_MINUS_P))  # (N,)
         terms = torch.where(unlikelihood[rows], unlikely, nll)
+        if stop_below is not None:
+            nll_sums = torch.zeros(batch_size, dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+            mean_logprob = -nll_sums / counts.clamp(min=1)  # (B,)
+            sample_weight = sample_weight * _still_pushing(unlikelihood, mean_logprob, stop_below)
     if token_weight is not None:
         terms = terms * token_weight.to(terms.dtype)
     sums = torch.zeros(batch_size, dtype=terms.dtype, device=terms.device).index_add_(0, rows, terms)  # (B,)
-    counts = torch.bincount(rows, minlength=batch_size)  # (B,)
     per_sample = sums / counts.clamp(min=1)
     weighted = per_sample * sample_weight.to(per_sample.dtype)  # (B,)
     return LossOutput(loss=weighted.mean(), per_sample=weighted.detach(), response_tokens=counts)
 
 
+def _still_pushing(unlikelihood: torch.Tensor, mean_logprob: torch.Tensor, stop_below: torch.Tensor) -> torch.Tensor:
+    """(B,) 1.0 for every sample except flagged ones already below their floor (0.0: no push).
+
+    A gate, not a hinge on the log-prob: below the floor the sample's gradient is exactly zero, above
+    it the usual bounded -log(1 - p) gradient applies.
+    """
+    done = unlikelihood & (mean_logprob.detach() <= stop_below.to(mean_logprob.dtype))
+    return (~done).to(mean_logprob.dtype)
+
+
 def response_head_loss(
-    model: object, batch: dict[str, torch.Tensor], unlikelihood: torch.Tensor | None = None
+    model: object, batch: dict[str, torch.Tensor], unlikelihood: torch.Tensor | None = None,
+    stop_below: torch.Tensor | None = None,
 ) -> LossOutput:
     """The `response_loss` of `model` on `batch`, running the LM head only on positions that predict a response token.
 
@@ -108,7 +134,8 @@ def response_head_loss(
     mask = targets != IGNORE_INDEX  # (B, T-1)
     rows = mask.nonzero()[:, 0]  # (N,)
     logits = base.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V)
-    return selected_response_loss(logits, targets[mask], rows, targets.size(0), batch["sample_weight"], unlikelihood)
+    return selected_response_loss(logits, targets[mask], rows, targets.size(0), batch["sample_weight"], unlikelihood,
+                                  stop_below=stop_below)
 
 
 def head_only_supported(model: object) -> bool:

@@ -110,9 +110,12 @@ def run_rounds(
     prompts: Sequence[str] = (),
     self_replay_prompts: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    self_replay_given: Sequence[Row] | None = None,
 ) -> tuple[list[RecipeRun], dict[str, Any]]:
     """Run every recipe over `settings.rounds` rounds from the same fresh adapter on `model` (a PEFT model).
 
+    `self_replay_given`: self-replay rows generated earlier for this base and prompt list (they
+    depend on nothing else), so a sweep of several runs generates them once.
     Returns the runs and the shared facts: base general-retention answers, self-replay seconds.
     """
     from workers.learning.general_retention import compute_base_answers, score_general_retention
@@ -140,7 +143,10 @@ def run_rounds(
         if (questions or prompts) else None
     shared["base_answers_s"] = time.perf_counter() - start
     base_rows: list[Row] = []
-    if any(c.self_replay_share > 0 for c in recipes.values()):
+    if self_replay_given is not None:
+        base_rows = list(self_replay_given)
+        shared["self_replay_rows"] = len(base_rows)
+    elif any(c.self_replay_share > 0 for c in recipes.values()):
         start = time.perf_counter()
         base_rows = self_replay_rows(model, tokenizer, list(self_replay_prompts), max_new_tokens=64)
         shared["self_replay_s"] = time.perf_counter() - start

@@ -36,6 +36,7 @@ from workers.learning.lora import trainable_parameters
 from workers.learning.losses import head_only_supported, response_head_loss, response_loss
 from workers.learning.regularizers import Regularizer
 from workers.learning.schedule import SCHEDULES, build_scheduler
+from workers.learning.suppression import suppression_floor
 
 Rows = Sequence[dict[str, Any]]
 RowSource = Rows | Callable[[int], Rows]  # a list, or epoch -> rows (replay re-draws each epoch)
@@ -64,6 +65,9 @@ class TrainConfig:
     cancel_check_every: int = 10
     autocast_dtype: str | None = None  # "bfloat16" / "float16": mixed precision over fp32 weights
     logits_for_response_only: bool = True  # skip the LM head on prompt-only positions when nothing needs them
+    # Unlikelihood on a thumbs-down row stops once its mean log-prob is this many nats below the base
+    # model's (`workers.learning.suppression`); None pushes without end (the pre-issue-8 behaviour).
+    suppression_margin: float | None = 2.0
     show_progress: bool = False
 
     def __post_init__(self) -> None:
@@ -80,6 +84,8 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.suppression_margin is not None and not self.suppression_margin > 0:
+            problems.append(f"suppression_margin must be > 0 nats or None (got {self.suppression_margin})")
         if self.max_length < 2:
             problems.append(f"max_length must be >= 2 (got {self.max_length})")
         if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < self.max_length:
@@ -280,8 +286,9 @@ def fit(
                     batch = batch_to(collate(chosen, pad_id), device)
                     flagged = batch["unlikelihood"] if any(s.unlikelihood for s in chosen) else None
                     with autocast:
+                        floor = suppression_floor(model, batch, flagged, config.suppression_margin)
                         if head_only:  # LM head only where there is loss; outputs carry no logits
-                            task, outputs = response_head_loss(model, batch, flagged), None
+                            task, outputs = response_head_loss(model, batch, flagged, floor), None
                         else:
                             keep = 0  # 0 = all positions; else the last `keep` (from the earliest response)
                             if trim_logits:
@@ -290,7 +297,8 @@ def fit(
                                 keep = 0 if keep >= width else keep
                             outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                             use_cache=False, logits_to_keep=keep)
-                            task = response_loss(outputs.logits, batch["labels"], batch["sample_weight"], flagged)
+                            task = response_loss(outputs.logits, batch["labels"], batch["sample_weight"], flagged,
+                                                 stop_below=floor)
                         total = task.loss
                         for reg in regularizers:
                             penalty = reg.loss(model, batch, outputs)

@@ -41,7 +41,8 @@ class TrainJobParams(BaseModel):
 
 def train_config(settings: Settings, overrides: dict[str, Any], parameters: int | None = None):
     """CYCLE_DEFAULTS, then the learning rate and epochs fitted to the base model's size (when
-    `parameters` is known), then CONTINUUM_TRAIN_EPOCHS, then the job's own overrides."""
+    `parameters` is known), then CONTINUUM_TRAIN_EPOCHS and CONTINUUM_SUPPRESSION_MARGIN, then the
+    job's own overrides."""
     from workers.learning.training import TrainConfig
 
     values = dict(CYCLE_DEFAULTS)
@@ -50,6 +51,7 @@ def train_config(settings: Settings, overrides: dict[str, Any], parameters: int 
         values.update(learning_rate=sized["learning_rate"], epochs=sized["epochs"])
     if settings.train_epochs:
         values["epochs"] = settings.train_epochs
+    values["suppression_margin"] = settings.suppression_margin or None  # 0: unbounded
     values.update(overrides)
     try:
         return TrainConfig(**values)

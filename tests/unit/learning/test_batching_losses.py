@@ -156,3 +156,36 @@ def test_a_disliked_answer_never_pushes_its_end_of_turn_down(tokenizer):
     assert liked.labels[-1] in stops and disliked.input_ids == liked.input_ids
     assert disliked.labels[-1] == IGNORE_INDEX
     assert [t for t in disliked.labels if t != IGNORE_INDEX] == [t for t in liked.labels[:-1] if t != IGNORE_INDEX]
+
+
+def test_unlikelihood_stops_once_the_row_is_below_its_floor():
+    """A flagged row at or below its floor adds no loss and no gradient; above it, the usual push.
+    Unflagged rows are never gated, whatever their floor says."""
+    labels = torch.tensor([[IGNORE_INDEX, 3, 4], [IGNORE_INDEX, 3, 4]])
+    logits = torch.zeros(2, 3, 8, requires_grad=True)  # every token at log(1/8) = -2.08
+    flagged = torch.tensor([True, False])
+    above = torch.tensor([-3.0, -3.0])  # the flagged row is above its floor: still pushed
+    below = torch.tensor([-1.0, -1.0])  # the flagged row is already below: done
+    pushed = response_loss(logits, labels, torch.ones(2), unlikelihood=flagged, stop_below=above)
+    done = response_loss(logits, labels, torch.ones(2), unlikelihood=flagged, stop_below=below)
+    assert pushed.per_sample[0] > 0 and done.per_sample[0] == 0
+    torch.testing.assert_close(done.per_sample[1], pushed.per_sample[1])  # the liked row is untouched
+    grad_done, = torch.autograd.grad(done.loss, logits)
+    assert grad_done[0].abs().sum() == 0 and grad_done[1].abs().sum() > 0
+    grad_pushed, = torch.autograd.grad(pushed.loss, logits)
+    assert grad_pushed[0].abs().sum() > 0
+
+
+def test_head_only_path_gates_unlikelihood_the_same_way(tokenizer):
+    model = narrow_lora_model(seed=2).eval()
+    rows = make_facts(3, seed=8)
+    rows[0]["unlikelihood"] = rows[1]["unlikelihood"] = True
+    batch = collate(encode_rows(rows, tokenizer, 512), tokenizer.pad_token_id)
+    full_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ungated = response_loss(full_logits, batch["labels"], batch["sample_weight"], batch["unlikelihood"])
+    mean_logprob = -response_loss(full_logits, batch["labels"], batch["sample_weight"]).per_sample.detach()
+    floor = mean_logprob + torch.tensor([1.0, -1.0, 1.0])  # row 0 already below its floor, row 1 above
+    full = response_loss(full_logits, batch["labels"], batch["sample_weight"], batch["unlikelihood"], stop_below=floor)
+    fast = response_head_loss(model, batch, batch["unlikelihood"], stop_below=floor)
+    assert full.per_sample[0] == 0 and full.per_sample[1] == ungated.per_sample[1] > 0
+    torch.testing.assert_close(fast.per_sample, full.per_sample, rtol=1e-5, atol=1e-6)

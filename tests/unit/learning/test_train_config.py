@@ -17,3 +17,10 @@ def test_a_pretrained_size_model_gets_fewer_epochs_than_the_random_tiny_one(tmp_
 def test_settings_and_job_overrides_beat_the_size_defaults(tmp_path):
     assert train_config(Settings(home=tmp_path, train_epochs=3), {}, parameters=134_515_008).epochs == 3
     assert train_config(Settings(home=tmp_path), {"epochs": 2}, parameters=134_515_008).epochs == 2
+
+
+def test_suppression_margin_comes_from_settings_and_zero_means_unbounded(tmp_path):
+    assert train_config(Settings(home=tmp_path), {}).suppression_margin == 2.0
+    assert train_config(Settings(home=tmp_path, suppression_margin=0.5), {}).suppression_margin == 0.5
+    assert train_config(Settings(home=tmp_path, suppression_margin=0), {}).suppression_margin is None
+    assert train_config(Settings(home=tmp_path), {"suppression_margin": 1.0}).suppression_margin == 1.0
