@@ -20,9 +20,18 @@ def _looks_like_path(name_or_path: str) -> bool:
 
 
 def _missing_model_error(name_or_path: str) -> PermanentError:
+    """The fix for a model that is not here: a missing folder, or a hub id not in the local cache
+    (continuum never downloads a model at run time)."""
+    if _looks_like_path(name_or_path):
+        return PermanentError(
+            f"no model folder at {name_or_path!r}: set CONTINUUM_BASE_MODEL to a Hugging Face model folder "
+            "(config.json + *.safetensors) or to a name from `continuum model list`; register one with "
+            "`continuum model add PATH|smollm2-135m-instruct`"
+        )
     return PermanentError(
-        f"no model at {name_or_path!r}: run `continuum model init-tiny {name_or_path}` for the built-in tiny "
-        "model, or point --model at a Hugging Face model directory"
+        f"model {name_or_path!r} is not in the local Hugging Face cache and continuum does not download "
+        f"models at run time: fetch it where the hub is reachable (`hf download {name_or_path} --local-dir "
+        "DIR`), then `continuum model add DIR` and set CONTINUUM_BASE_MODEL to its name"
     )
 
 
@@ -105,8 +114,9 @@ def _check_exists(name_or_path: str) -> None:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise PermanentError(
-                f"{name_or_path!r} is a directory but has no config.json: run `continuum model init-tiny "
-                f"{name_or_path}` or point --model at a Hugging Face model directory"
+                f"{name_or_path!r} is a folder without config.json, not a Hugging Face model: point "
+                "CONTINUUM_BASE_MODEL at the folder that holds config.json and *.safetensors, or register "
+                "a model with `continuum model add PATH`"
             )
         return
     if _looks_like_path(name_or_path):

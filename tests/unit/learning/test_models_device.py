@@ -16,17 +16,23 @@ def test_missing_model_path_names_the_fix(tmp_path):
         load_model_and_tokenizer(str(missing), select_device("cpu"))
     message = str(info.value)
     assert "\n" not in message
-    assert f"continuum model init-tiny {missing}" in message
+    assert "CONTINUUM_BASE_MODEL" in message and "continuum model add" in message
+    assert "init-tiny" not in message and "--model" not in message  # no fix that does something else
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(PermanentError, match="no config.json.*continuum model init-tiny"):
+    with pytest.raises(PermanentError, match="without config.json.*continuum model add"):
         load_model_and_tokenizer(str(empty), select_device("cpu"))
 
 
 def test_uncached_hub_id_offline_names_the_fix():
-    with pytest.raises(PermanentError, match="continuum model init-tiny"):
+    """A hub id: the fix is to fetch it where the hub is reachable and register the folder, never to
+    write a random tiny model under that name."""
+    with pytest.raises(PermanentError) as info:
         load_model_and_tokenizer("nobody-continuum/not-a-real-model", select_device("cpu"))
+    message = str(info.value)
+    assert "hf download nobody-continuum/not-a-real-model" in message and "continuum model add" in message
+    assert "init-tiny" not in message and "\n" not in message
 
 
 def test_loads_tiny_model_on_cpu_in_fp32(narrow_dir):
