@@ -77,8 +77,9 @@ def resolve_base_model(settings: Settings, store: ObjectStore) -> str:
 
 
 def _check_local_model(name_or_path: str) -> None:
-    """A path-like CONTINUUM_BASE_MODEL must be a model directory, and a bare name must be registered:
-    fail here, naming the fix, not in a worker deep inside transformers. Hub ids (`org/name`) pass."""
+    """A path-like CONTINUUM_BASE_MODEL must be a model directory, a bare name must be registered, and a
+    hub id (`org/name`) must be in the local Hugging Face cache: fail here, naming the fix, not in a
+    worker deep inside transformers."""
     path = Path(name_or_path).expanduser()
     path_like = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.exists()
     if path_like and not (path / "config.json").is_file():
@@ -91,3 +92,21 @@ def _check_local_model(name_or_path: str) -> None:
             f"CONTINUUM_BASE_MODEL={name_or_path!r} is not a registered model: register it with `continuum model "
             f"add SOURCE --name {name_or_path}` (see `continuum model list`), or give a model folder path"
         )
+    if not path_like and not _in_hub_cache(name_or_path):
+        raise PermanentError(
+            f"CONTINUUM_BASE_MODEL={name_or_path!r} is a hub id that is not in the local Hugging Face cache, and "
+            f"continuum never downloads models at run time: fetch it where the hub is reachable (`hf download "
+            f"{name_or_path} --local-dir DIR`), then `continuum model add DIR --name NAME` and set "
+            "CONTINUUM_BASE_MODEL=NAME"
+        )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether `repo_id`'s config.json is in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id at all
+        return False
+    return isinstance(found, str)

@@ -208,6 +208,12 @@ class JobLedger(FencedWrites, Reaping):
             raise NotFound(f"no job {job_id!r}: list jobs with `continuum jobs list`")
         return job
 
+    def resolve(self, given: str) -> str:
+        """The full id of the one job whose id is `given` or starts with it (git-style prefix)."""
+        from common.db.id_prefix import resolve_id
+
+        return resolve_id(self._sessions, Job, given, "job", "continuum jobs list")
+
     def find(self, job_id: str) -> Job | None:
         with session_scope(self._sessions) as session:
             return session.get(Job, job_id)

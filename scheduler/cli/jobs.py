@@ -41,38 +41,45 @@ def register(app: typer.Typer) -> None:
         if json_output:
             print_json(rows)
             return
+        from common.db.id_prefix import short_id
+
         table = Table("id", "kind", "queue", "state", "tries", "progress", "error")
         for r in rows:
             progress = r["progress"] or {}
             step = f"{progress.get('step')}/{progress.get('total')}" if "step" in progress else ""
-            table.add_row(r["id"], r["kind"], r["queue"], r["state"], f"{r['attempts']}/{r['max_attempts']}", step,
+            table.add_row(short_id(r["id"]), r["kind"], r["queue"], r["state"], f"{r['attempts']}/{r['max_attempts']}", step,
                           (r["error"] or "")[:50])
         console.print(table)
 
     @jobs.command("show")
-    def show(job_id: str = typer.Argument(..., help="Job id."),
+    def show(job_id: str = typer.Argument(..., help="Job id, or any unique start of it."),
              json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
         """One job: state, attempts, lease, progress, result or error."""
-        row = _row(ledger().get(job_id))
+        jobs_ledger = ledger()
+        row = _row(jobs_ledger.get(jobs_ledger.resolve(job_id)))
         if json_output:
             print_json(row)
         else:
             console.print_json(json.dumps(row, default=str))
 
     @jobs.command("cancel")
-    def cancel(job_id: str = typer.Argument(..., help="Job id.")) -> None:
+    def cancel(job_id: str = typer.Argument(..., help="Job id, or any unique start of it.")) -> None:
         """Cancel: a queued job at once, a running one within seconds (its process is stopped)."""
-        new_state = ledger().request_cancel(job_id)
+        jobs_ledger = ledger()
+        job_id = jobs_ledger.resolve(job_id)
+        new_state = jobs_ledger.request_cancel(job_id)
         console.print(f"job {job_id}: {new_state.value}" + (" (stopping)" if new_state.value == "running" else ""))
 
     @jobs.command("retry")
-    def retry(job_id: str = typer.Argument(..., help="A failed or cancelled job."),
+    def retry(job_id: str = typer.Argument(..., help="A failed or cancelled job (id or unique start)."),
               attempts: int = typer.Option(1, "--attempts", help="Extra attempts to allow.")) -> None:
         """Put a failed or cancelled job back in its queue (dead letter → queued)."""
         from workers.celery_app import app_for
         from workers.dispatch import send_job
 
-        job = ledger().retry(job_id, extra_attempts=attempts)
+        jobs_ledger = ledger()
+        job_id = jobs_ledger.resolve(job_id)
+        job = jobs_ledger.retry(job_id, extra_attempts=attempts)
         send_job(app_for(state.settings), job)
         console.print(f"job {job_id} queued again on {job.queue}")
 

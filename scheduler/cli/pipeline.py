@@ -65,20 +65,22 @@ def register(app: typer.Typer) -> None:
         if json_output:
             print_json(rows)
             return
+        from common.db.id_prefix import short_id
+
         table = Table("id", "state", "step", "schedule", "created", "error")
         for r in rows:
-            table.add_row(r["id"], r["state"], r["step"] or "", r["schedule"] or "manual", str(r["created_at"])[:19], (r["error"] or "")[:60])
+            table.add_row(short_id(r["id"]), r["state"], r["step"] or "", r["schedule"] or "manual", str(r["created_at"])[:19], (r["error"] or "")[:60])
         console.print(table)
 
     @pipeline.command("show")
-    def show(run_id: str = typer.Argument(..., help="Pipeline run id."),
+    def show(run_id: str = typer.Argument(..., help="Pipeline run id, or any unique start of it."),
              json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
         """One run and its step jobs."""
         from rich.table import Table
 
         from scheduler.pipeline import pipeline_status
 
-        status = pipeline_status(state.settings, run_id)
+        status = pipeline_status(state.settings, _run_id(run_id))
         if json_output:
             print_json(status)
             return
@@ -91,11 +93,12 @@ def register(app: typer.Typer) -> None:
         console.print(table)
 
     @pipeline.command("cancel")
-    def cancel(run_id: str = typer.Argument(..., help="A running run."),
+    def cancel(run_id: str = typer.Argument(..., help="A running run (id or unique start)."),
                json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
         """End a running run as cancelled and cancel its live step job (a running job stops at its next heartbeat)."""
         from scheduler.pipeline import cancel_pipeline
 
+        run_id = _run_id(run_id)
         result = cancel_pipeline(state.settings, run_id)
         if json_output:
             print_json({"id": run_id, **result})
@@ -104,12 +107,19 @@ def register(app: typer.Typer) -> None:
         console.print(f"run {run_id} cancelled{step}")
 
     @pipeline.command("resume")
-    def resume(run_id: str = typer.Argument(..., help="A failed, cancelled or stalled running run."),
+    def resume(run_id: str = typer.Argument(..., help="A failed, cancelled or stalled run (id or unique start)."),
                params: Optional[str] = typer.Option(None, "--params", help="JSON overrides for the failed step.")) -> None:
         """Resume a run from its current step (earlier steps are not repeated); also moves a stalled running run on."""
         from scheduler.pipeline import resume_pipeline
 
+        run_id = _run_id(run_id)
         job_id = resume_pipeline(state.settings, run_id, json.loads(params) if params else None)
         console.print(f"run {run_id} resumed: job {job_id}")
+
+    def _run_id(given: str) -> str:
+        from common.db.id_prefix import resolve_id
+        from common.db.models import PipelineRun
+
+        return resolve_id(state.sessions(), PipelineRun, given, "pipeline run", "continuum pipeline list")
 
     app.add_typer(pipeline, name="pipeline")

@@ -126,3 +126,29 @@ def test_usage_errors_name_the_option():
     result = _cli("adapters", "show", "not-a-number")
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
     assert "Invalid value for 'adapter_id'" in result.stderr and "--help" in result.stderr
+
+
+def test_an_uncached_hub_id_names_the_real_fix(tmp_path):
+    """continuum never downloads a model at run time: the fix is to fetch it elsewhere and register it
+    (not `model init-tiny`, which would write a random tiny model under the hub's name)."""
+    env = {"CONTINUUM_BASE_MODEL": "nobody-continuum/not-a-real-model", "HF_HOME": str(tmp_path / "hf")}
+    line = _one_error_line(_cli("init", env=env), "not in the local Hugging Face cache",
+                           "hf download nobody-continuum/not-a-real-model", "continuum model add")
+    assert "init-tiny" not in line
+
+
+def test_job_and_run_ids_are_taken_by_unique_prefix(tmp_path):
+    """Tables show 8-character ids; `jobs show` takes any unique start of an id (git-style)."""
+    env = {"CONTINUUM_BROKER_URL": f"redis://:pw@127.0.0.1:{free_port()}/0"}  # jobs stay queued
+    line = _cli("pipeline", "run", env=env, timeout=60).stderr
+    job_id = line.split("job ")[-1].split()[0]
+    listing = _cli("jobs", "list", env=dict(env, COLUMNS="80"))
+    assert job_id[:8] in listing.stdout and job_id not in listing.stdout
+    shown = _cli("jobs", "show", job_id[:8], "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == job_id
+    _one_error_line(_cli("jobs", "show", job_id[:2], env=env), "too short", "at least 4")
+    _one_error_line(_cli("jobs", "show", "zzzzzzzz", env=env), "no job 'zzzzzzzz'", "continuum jobs list")
+    runs = json.loads(_cli("pipeline", "list", "--json", env=env).stdout)
+    shown_run = _cli("pipeline", "show", runs[0]["id"][:8], "--json", env=env)
+    assert shown_run.returncode == 0 and json.loads(shown_run.stdout)["id"] == runs[0]["id"], shown_run.stderr

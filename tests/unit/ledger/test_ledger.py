@@ -161,3 +161,19 @@ def test_retry_puts_a_dead_job_back(ledger):
     assert ledger.claim(job.id, "w", 30).ok
     with pytest.raises(ValidationError):
         ledger.retry(job.id)
+
+
+def test_a_unique_id_prefix_names_its_job_and_an_ambiguous_one_lists_the_matches(ledger):
+    from common.errors import NotFound
+
+    first, _ = ledger.create("sleep", queue="cpu", job_id="abcd1234-0000")
+    ledger.create("sleep", queue="cpu", job_id="abcd9999-0000")
+    assert ledger.resolve("abcd1") == first.id == ledger.resolve(first.id)
+    with pytest.raises(ValidationError, match="matches abcd1234-0000, abcd9999-0000: give more"):
+        ledger.resolve("abcd")
+    with pytest.raises(ValidationError, match="too short"):
+        ledger.resolve("ab")
+    with pytest.raises(NotFound, match="continuum jobs list"):
+        ledger.resolve("ffff")
+    with pytest.raises(NotFound):  # LIKE wildcards in the input are literal characters
+        ledger.resolve("abc%")
