@@ -19,6 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: typer's rich help marks every flag (--debug, --help, --json) `<bool>`, as if
+    # it took a value, and its boxes leave less of 80 columns for the text.
+    rich_markup_mode=None,
 )
 
 # Topic modules, each with `register(app)`. Listed, not discovered, so the CLI's shape is explicit.

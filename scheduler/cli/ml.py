@@ -42,6 +42,10 @@ def _common(json_output: bool, wait: bool, device: str, kind: str, params: dict[
     return run_job(settings, kind, params, progress_console(json_output), device=device, wait=wait)
 
 
+# Spelled out rather than read from workers.learning.continual (which imports torch: seconds on every
+# CLI call); a unit test checks it names every recipe.
+RECIPE_HELP = ("Continual recipe: default | naive | replay | ewc_lora | ewc_delta_w | l2_delta_w | kl | "
+               "self_replay; default: CONTINUUM_RECIPE.")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 _WAIT = typer.Option(True, "--wait/--no-wait", help="Follow the job until it ends (starts an embedded worker if needed).")
 _DEVICE = typer.Option("auto", "--device", help="auto (best live worker: cuda > mps > cpu), cuda, mps or cpu.")
@@ -53,7 +57,7 @@ def register(app: typer.Typer) -> None:
         dataset: int = typer.Option(..., "--dataset", help="Dataset id to learn (see `continuum datasets list`)."),
         parent: Optional[int] = typer.Option(None, "--parent", help="Adapter id to continue; default: production."),
         fresh: bool = typer.Option(False, "--fresh", help="Start a new adapter instead of continuing one."),
-        recipe: Optional[str] = typer.Option(None, "--recipe", help="default | naive | replay | ewc_delta_w | l2_delta_w | kl …"),
+        recipe: Optional[str] = typer.Option(None, "--recipe", help=RECIPE_HELP),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs for this cycle."),
         params: Optional[str] = typer.Option(None, "--params", help='Extra JSON job params, e.g. {"train": {"learning_rate": 1e-3}}.'),
         device: str = _DEVICE, wait: bool = _WAIT, json_output: bool = _JSON,
