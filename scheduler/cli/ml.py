@@ -18,10 +18,12 @@ def _finish(result: dict[str, Any], json_output: bool, headline: str) -> None:
     if json_output:
         print_json(result)
         return
+    from scheduler.cli.humanize import result_lines
+
     console.print(headline, highlight=False)
     details = {k: v for k, v in result.items() if k not in ("job_id", "state")}
-    if details:
-        console.print_json(json.dumps(details, default=str))
+    for line in result_lines(details):
+        console.print(line, highlight=False, markup=False)
 
 
 def metrics_line(headline: dict[str, Any]) -> str:
