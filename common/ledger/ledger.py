@@ -438,7 +438,8 @@ class JobLedger(FencedWrites, Reaping):
             moved = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state.in_([JobState.failed.value, JobState.cancelled.value]))
-                .values(state=JobState.queued.value, cancel_requested=False, releases=0,
+                # The old error goes: a queued job showing why it failed last time reads as failed.
+                .values(state=JobState.queued.value, cancel_requested=False, releases=0, error=None,
                         max_attempts=Job.attempts + extra_attempts, finished_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             ).rowcount

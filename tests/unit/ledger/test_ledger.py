@@ -158,6 +158,7 @@ def test_retry_puts_a_dead_job_back(ledger):
     assert ledger.get(job.id).state == "failed"
     retried = ledger.retry(job.id)
     assert retried.state == "queued" and retried.max_attempts == 2
+    assert retried.error is None  # a queued job does not show why it failed last time
     assert ledger.claim(job.id, "w", 30).ok
     with pytest.raises(ValidationError):
         ledger.retry(job.id)
