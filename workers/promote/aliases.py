@@ -122,4 +122,10 @@ def rollback(sessions: sessionmaker[Session], name: str, to_adapter_id: int | No
     """Move `name` back to its previous adapter (or `to_adapter_id`), by compare-and-set."""
     state = read_alias(sessions, name)
     target = to_adapter_id if to_adapter_id is not None else rollback_target(sessions, name)
-    return move_alias(sessions, name, target, state.revision, action="rollback", reason=reason)
+    moved = move_alias(sessions, name, target, state.revision, action="rollback", reason=reason)
+    if moved.succeeded and moved.from_adapter_id is not None and moved.from_adapter_id != target:
+        # The version rolled away from no longer serves: listing it as "promoted" would say it does.
+        with session_scope(sessions) as session:
+            session.execute(update(Adapter).where(Adapter.id == moved.from_adapter_id, Adapter.status == "promoted")
+                            .values(status="rolled_back"))
+    return moved

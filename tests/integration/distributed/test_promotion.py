@@ -81,8 +81,13 @@ def test_rollback_moves_back_and_is_recorded(sessions):
     v1, v2 = _adapters(sessions, 2)
     assert move_alias(sessions, "production", v1, 0).succeeded
     assert move_alias(sessions, "production", v2, 1).succeeded
+    with session_scope(sessions) as session:
+        for adapter_id in (v1, v2):
+            session.get(Adapter, adapter_id).status = "promoted"
     back = rollback(sessions, "production")
     assert back.succeeded and read_alias(sessions, "production").adapter_id == v1
+    with session_scope(sessions) as session:  # the version rolled away from no longer says "promoted"
+        assert [session.get(Adapter, i).status for i in (v1, v2)] == ["promoted", "rolled_back"]
     assert [(h.action, h.from_adapter_id, h.to_adapter_id) for h in _history(sessions)] == [
         ("promote", None, v1), ("promote", v1, v2), ("rollback", v2, v1)]
 
