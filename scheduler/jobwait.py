@@ -78,6 +78,9 @@ def follow_pipeline(settings: Settings, run_id: str, console: Console, timeout: 
                 bars.start_task(tasks[step])
                 bars.update(tasks[step], total=total, completed=done, info=label)
             if status["state"] != "running":
+                for step in STEPS:  # steps the run ended before: say so rather than "waiting"
+                    if step not in status["steps"]:
+                        bars.update(tasks[step], info="not run")
                 return status
             if time.monotonic() > deadline:
                 console.print(f"[yellow]still running after {timeout:.0f}s; follow it with "

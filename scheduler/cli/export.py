@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             print_json({"job_id": job_id, **result.as_dict()})
             return
         if result.status == "skipped":
-            console.print(f"[yellow]{result.reason}[/yellow] (rows left for the next export)", highlight=False)
+            console.print(f"[yellow]export skipped: {result.reason}[/yellow] (rows left for the next export)", highlight=False)
             return
         from rich.table import Table
 

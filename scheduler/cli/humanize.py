@@ -43,3 +43,28 @@ def result_lines(result: dict[str, Any], width: int = WIDTH) -> list[str]:
         line = f"  {key}: {figure(value)}"
         lines.append(line if len(line) <= width else line[: width - 1] + "…")
     return lines
+
+
+def pipeline_outcome(status: dict[str, Any]) -> str:
+    """What a finished pipeline run did, in one sentence: promoted or not and why, skipped and why,
+    or where it failed."""
+    steps = status.get("steps") or {}
+    state, error = status.get("state"), status.get("error")
+    head = f"pipeline run {str(status.get('id', ''))[:8]}: {state}"
+    if state == "skipped":
+        return f"{head} — {error or 'nothing to do'}; no adapter trained"
+    if state in ("failed", "cancelled"):
+        failed = next((s for s, info in steps.items() if info.get("state") in ("failed", "cancelled")), None)
+        return f"{head}" + (f" at {failed}" if failed else "") + (f" — {error}" if error else "")
+    promote = (steps.get("promote") or {}).get("result") or {}
+    train = (steps.get("train") or {}).get("result") or {}
+    version = f"v{train['version']}" if train.get("version") is not None else f"adapter {promote.get('adapter_id', '?')}"
+    outcome = promote.get("status")
+    if outcome == "promoted":
+        return f"{head} — {version} promoted to {promote.get('alias', 'production')}"
+    if outcome == "rejected":
+        reasons = str(promote.get("reason") or "").removeprefix("gate refused: ")
+        return f"{head} — {version} not promoted: the gate refused it ({reasons})"
+    if outcome:
+        return f"{head} — {version} {outcome}: {promote.get('reason', '')}".rstrip(": ")
+    return head

@@ -42,7 +42,9 @@ def register(app: typer.Typer) -> None:
         if json_output:
             print_json(status)
         else:
-            console.print(f"pipeline run {status['id']}: [bold]{status['state']}[/bold]" + (f" — {status['error']}" if status["error"] else ""))
+            from scheduler.cli.humanize import pipeline_outcome
+
+            console.print(pipeline_outcome(status), highlight=False, markup=False)
         if status["state"] in ("failed", "cancelled"):
             raise typer.Exit(1)
 
@@ -86,11 +88,18 @@ def register(app: typer.Typer) -> None:
             return
         console.print(f"run {status['id']}: [bold]{status['state']}[/bold] (step {status['current_step']})"
                       + (f" — {status['error']}" if status["error"] else ""))
-        table = Table("step", "job", "state", "attempts", "result / error")
+        from common.db.id_prefix import short_id
+        from scheduler.cli.humanize import figure
+
+        table = Table("step", "job", "state", "tries", "result / error")
         for step, info in status["steps"].items():
-            detail = info["error"] or json.dumps(info["result"] or {}, default=str)
-            table.add_row(step, info["job_id"], info["state"], str(info["attempts"]), detail[:80])
+            result = info["result"] or {}
+            # The few figures a person looks for, rounded, instead of JSON cut mid-string.
+            detail = info["error"] or ", ".join(f"{k} {figure(v)}" for k, v in result.items()
+                                                if not isinstance(v, (dict, list)))
+            table.add_row(step, short_id(info["job_id"]), info["state"], str(info["attempts"]), detail)
         console.print(table)
+        console.print("full results: `continuum pipeline show ID --json`", highlight=False)
 
     @pipeline.command("cancel")
     def cancel(run_id: str = typer.Argument(..., help="A running run (id or unique start)."),

@@ -47,4 +47,12 @@ def test_pipeline_run_wait_starts_an_embedded_worker_and_skips_on_too_few_rows(t
     assert again["state"] == "skipped" and again["id"] != status["id"]
     with session_scope(resources.sessions) as session:
         assert session.scalars(select(Worker)).all() == []
+    # For a person (no --json, 80 columns): why it skipped, and the steps it never reached say so.
+    human = subprocess.run([sys.executable, "-m", "scheduler", "pipeline", "run", "--wait", "--timeout", "90"],
+                           cwd=REPO, env=dict(os.environ, COLUMNS="80"), capture_output=True, text=True, timeout=150)
+    assert human.returncode == 0, human.stdout + human.stderr
+    words = " ".join(human.stdout.split())  # rich wraps the sentence at 80 columns
+    assert "skipped — export skipped: 3 new feedback rows, fewer than the 8 a cycle needs; no adapter trained" in words
+    assert human.stdout.count("not run") == 4 and "waiting" not in human.stdout  # fisher … promote
+    assert max(len(line) for line in human.stdout.splitlines()) <= 80
     resources.close()

@@ -216,7 +216,7 @@ def test_killed_process_between_upload_and_commit_loses_nothing(postgres_s3):
 def test_below_minimum_is_skipped_and_leaves_rows_unclaimed(backend):
     backend.seed(rows(5))
     result = export_feedback(backend.sessions, backend.store, config(min_rows=10), "job-small")
-    assert (result.status, result.reason, result.dataset_id) == ("skipped", "skipped: 5 < minimum 10", None)
+    assert (result.status, result.reason, result.dataset_id) == ("skipped", "5 new feedback rows, fewer than the 10 a cycle needs", None)
     assert backend.datasets() == []
     assert all(f.dataset_id is None for f in backend.feedback())
     assert list(backend.store.list("datasets/")) == []
@@ -458,7 +458,7 @@ def test_cli_export_runs_locally(sqlite_local):
     assert (out["status"], out["claimed"]) == ("exported", 12)
     assert out["uri"] == f"{sqlite_local.store.url}/datasets/{out['dataset_uid']}"
     skipped = cli()
-    assert skipped.returncode == 0 and "skipped: 0 < minimum 1" in skipped.stdout
+    assert skipped.returncode == 0 and "0 new feedback rows, fewer than the 1 a cycle needs" in skipped.stdout
     [dataset] = sqlite_local.datasets()
     assert dataset.job_id == out["job_id"]
 

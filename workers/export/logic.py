@@ -211,7 +211,8 @@ def _claim_and_commit(sessions: sessionmaker[Session], config: ExportConfig, job
             claimed, low_id, high_id = _claim_sqlite(session, config, dataset_id)
         if claimed < config.min_rows:
             session.rollback()  # unclaims the rows and drops the placeholder dataset row
-            return ExportResult(status="skipped", reason=f"skipped: {claimed} < minimum {config.min_rows}", claimed=0)
+            return ExportResult(status="skipped", reason=f"{claimed} new feedback rows, fewer than the {config.min_rows} "
+                                "a cycle needs", claimed=0)
         session.execute(update(Dataset).where(Dataset.id == dataset_id)
                         .values(min_feedback_id=low_id, max_feedback_id=high_id))
         session.commit()
