@@ -118,6 +118,50 @@ def register(app: typer.Typer) -> None:
             verdict = "ok" if h["succeeded"] else "refused"
             console.print(f"  {h['at']}  {h['alias']}: {h['action']} {h['from']} → {h['to']} ({verdict}) {h['reason'] or ''}")
 
+    @adapters.command("pull")
+    def adapters_pull(
+        which: str = typer.Argument(..., help="Adapter id, or an alias name such as `production`."),
+        dest: str = typer.Argument(..., help="New folder to write the PEFT adapter into."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Download an adapter version as a stock PEFT folder (adapter_config.json + safetensors) to
+        load with `PeftModel.from_pretrained` or serve with vLLM `--enable-lora`."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from common.db import session_scope
+        from common.errors import NotFound, ValidationError
+        from common.objectstore import open_store
+        from common.objectstore.artifacts import download_artifact
+        from workers.lineage import adapter_prefix, alias_target, get_adapter
+
+        target = Path(dest).expanduser().resolve()
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise ValidationError(f"{str(target)!r} already exists and is not an empty folder: pick a new folder")
+        with session_scope(state.sessions()) as session:
+            adapter = get_adapter(session, int(which)) if which.isdigit() else alias_target(session, which)
+            if adapter is None:
+                raise NotFound(f"alias {which!r} points at no adapter: give an adapter id (`continuum adapters list`)")
+            info = {"id": adapter.id, "name": adapter.name, "version": adapter.version,
+                    "base_model": adapter.base_model, "prefix": adapter_prefix(adapter)}
+        # Into a sibling staging folder, then renamed: an interrupted pull leaves no half adapter at `dest`.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=target.parent))
+        try:
+            download_artifact(open_store(state.settings), info["prefix"], staging)
+            if target.exists():
+                target.rmdir()
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        info["path"] = str(target)
+        if json_output:
+            print_json(info)
+            return
+        console.print(f"{info['name']}@v{info['version']} (id {info['id']}) → {target}", highlight=False)
+        console.print(f"base model: {info['base_model']}", highlight=False)
+
     @datasets.command("list")
     def datasets_list(json_output: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
         """Every exported dataset: size, split and the feedback ids it holds."""
