@@ -441,26 +441,33 @@ def test_config_errors_list_every_problem():
     assert ExportConfig.from_settings(settings, min_rows=9).min_rows == 9
 
 
-def test_cli_export_runs_locally(sqlite_local):
+def test_cli_export_runs_as_a_job_and_names_the_dataset_id_train_takes(sqlite_local):
     sqlite_local.seed(rows(12))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_")}
-    env.update(sqlite_local.env, CONTINUUM_HOME=os.environ["CONTINUUM_HOME"])
+    env.update(sqlite_local.env, CONTINUUM_HOME=os.environ["CONTINUUM_HOME"], COLUMNS="80")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-c", "from scheduler.cli import main; main()", "export", *args],
+            [sys.executable, "-c", "from scheduler.cli import main; main()", *args],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
         )
 
-    done = cli("--json")
+    done = cli("export", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     out = json.loads(done.stdout)
-    assert (out["status"], out["claimed"]) == ("exported", 12)
-    assert out["uri"] == f"{sqlite_local.store.url}/datasets/{out['dataset_uid']}"
-    skipped = cli()
-    assert skipped.returncode == 0 and "0 new feedback rows, fewer than the 1 a cycle needs" in skipped.stdout
+    assert (out["state"], out["status"], out["claimed"]) == ("succeeded", "exported", 12)
+    assert out["uri"].startswith(f"{sqlite_local.store.url}/datasets/{out['dataset_uid']}")  # + the attempt
     [dataset] = sqlite_local.datasets()
-    assert dataset.job_id == out["job_id"]
+    assert dataset.job_id == out["job_id"] and dataset.id == out["dataset_id"]
+    job = cli("jobs", "show", out["job_id"], "--json")  # the id it printed is a job the ledger knows
+    assert job.returncode == 0 and json.loads(job.stdout)["kind"] == "export", job.stderr
+    sqlite_local.seed(rows(3, start=100))
+    human = cli("export")
+    assert human.returncode == 0, human.stderr
+    assert f"train it with `continuum train --dataset {out['dataset_id'] + 1}`" in " ".join(human.stdout.split())
+    skipped = cli("export")
+    assert skipped.returncode == 0
+    assert "0 new feedback rows, fewer than the 1 a cycle needs" in " ".join(skipped.stdout.split())
 
 
 class _FailingStore(LocalObjectStore):
