@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from enum import Enum
+from typing import Literal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -117,7 +118,9 @@ class Settings(BaseSettings):
         description="Base model: a name registered with `continuum model add` (e.g. `smollm2-135m-instruct`), a "
         "local model folder, or a hub id; empty or `builtin:tiny` = the built-in tiny model (made once, kept in storage).",
     )
-    device: str = Field("auto", description="`auto` (cuda > mps > cpu), `cuda`, `mps` or `cpu` for ML jobs.")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="`auto` (cuda > mps > cpu), `cuda`, `mps` or `cpu` for ML jobs."
+    )
     load_in_4bit: bool = Field(False, description="QLoRA: load the base model in 4-bit (CUDA + bitsandbytes only).")
     adapter_name: str = Field("default", description="Name of the continually trained adapter lineage.")
     lora_target_modules: str = Field(
@@ -130,7 +133,20 @@ class Settings(BaseSettings):
     lora_rank: int = Field(16, ge=1, description="LoRA rank r of a new adapter (capacity per cycle; cost grows with it).")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha of a new adapter; the update is scaled by alpha/r (2 by default).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on a new adapter's LoRA input.")
-    recipe: str = Field("default", description="Continual recipe: `default` (replay + regularisers) or `naive`.")
+    recipe: str = Field(
+        "default",
+        description="Continual recipe: `default` (replay + EWC + KL to the base on its own answers), `naive`, "
+        "`replay`, `ewc_lora`, `ewc_delta_w`, `l2_delta_w`, `kl` or `self_replay`.",
+    )
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, value: str) -> str:
+        from common.recipes import recipe_problem
+
+        if problem := recipe_problem(value):
+            raise ValueError(problem)
+        return value
     train_epochs: int = Field(0, ge=0, description="Epochs per training cycle; 0 = the recipe's default.")
     suppression_margin: float = Field(
         2.0, ge=0,

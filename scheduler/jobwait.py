@@ -50,8 +50,9 @@ def run_job(settings: Settings, kind: str, params: dict[str, Any], console: Cons
             timeout: float = 3600, wait: bool = True) -> dict[str, Any]:
     """Enqueue `kind` with `params`; with `wait`, make sure a worker runs it and return its result."""
     from scheduler.embedded_worker import worker_running
-    from scheduler.producer import enqueue_job
+    from scheduler.producer import enqueue_job, preflight_job
 
+    preflight_job(settings, kind, params, device)  # bad input fails here, before a worker starts
     if not wait:
         return {"job_id": enqueue_job(settings, kind, params, device=device), "state": "queued"}
     queues = ("io",) if kind in ("export", "promote") else ("io", "cpu")

@@ -12,7 +12,7 @@ from typing import Any
 from common.orchestration.enqueue import DEVICES, choose_queue, live_queues
 from common.settings import Settings
 
-__all__ = ["DEVICES", "choose_queue", "enqueue_job", "live_queues"]
+__all__ = ["DEVICES", "choose_queue", "enqueue_job", "live_queues", "preflight_job"]
 
 
 def enqueue_job(
@@ -30,3 +30,17 @@ def enqueue_job(
 
     return enqueue(orchestrator_for(settings), kind, params, idempotency_key=idempotency_key, device=device,
                    pipeline_run_id=pipeline_run_id, max_attempts=max_attempts)
+
+
+def preflight_job(settings: Settings, kind: str, params: dict[str, Any] | None = None, device: str = "auto") -> None:
+    """The enqueue-time checks alone (kind, device, parameters), so a command can refuse bad input
+    before it starts a worker; `enqueue_job` runs them again."""
+    from common.errors import ValidationError
+    from common.orchestration.kinds import job_kind
+    from common.orchestration.preflight import check_job_params
+    from workers.dispatch import orchestrator_for
+
+    spec = job_kind(kind)
+    if device not in DEVICES:
+        raise ValidationError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    check_job_params(orchestrator_for(settings).sessions, spec.name, params or {})

@@ -152,3 +152,18 @@ def test_job_and_run_ids_are_taken_by_unique_prefix(tmp_path):
     runs = json.loads(_cli("pipeline", "list", "--json", env=env).stdout)
     shown_run = _cli("pipeline", "show", runs[0]["id"][:8], "--json", env=env)
     assert shown_run.returncode == 0 and json.loads(shown_run.stdout)["id"] == runs[0]["id"], shown_run.stderr
+
+
+@pytest.mark.parametrize("args, env, needles", [
+    (["train", "--dataset", "999"], {}, ["dataset 999 does not exist", "continuum datasets list"]),
+    (["train", "--dataset", "1"], {"CONTINUUM_RECIPE": "ewc"}, ["CONTINUUM_RECIPE", "unknown recipe 'ewc'", "ewc_lora"]),
+    (["train", "--dataset", "1"], {"CONTINUUM_DEVICE": "gpu"}, ["CONTINUUM_DEVICE", "'cpu'"]),
+    (["train", "--dataset", "999", "--no-wait"], {}, ["dataset 999 does not exist"]),
+    (["evaluate", "--adapter", "42"], {}, ["adapter 42 does not exist", "continuum adapters list"]),
+    (["train", "--dataset", "1", "--recipe", "ewc"], {}, ["unknown recipe 'ewc'"]),
+])
+def test_bad_job_parameters_are_refused_before_anything_is_written(args, env, needles):
+    """At enqueue time, before a worker is started: no job row is written (and so no message)."""
+    _one_error_line(_cli(*args, env=env), *needles)
+    listed = _cli("jobs", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout

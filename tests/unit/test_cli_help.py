@@ -32,3 +32,10 @@ def test_recipe_help_names_every_recipe():
     from workers.learning.continual import RECIPES
 
     assert all(name in RECIPE_HELP for name in RECIPES), [n for n in RECIPES if n not in RECIPE_HELP]
+
+
+def test_the_torch_free_recipe_names_match_the_recipes():
+    from common.recipes import RECIPE_NAMES
+    from workers.learning.continual import RECIPES
+
+    assert set(RECIPE_NAMES) == set(RECIPES)
