@@ -35,8 +35,10 @@ def worker_running(settings: Settings, queues: tuple[str, ...] = ("io", "cpu"), 
     In distributed mode workers are the operator's business: nothing is started.
     """
     from common.orchestration.enqueue import live_queues
+    from workers.dispatch import check_broker
     from workers.resources import resources_for
 
+    check_broker(settings)  # one line in seconds, not a worker that never comes up
     sessions = resources_for(settings).sessions
     served = live_queues(settings, sessions)
     if settings.mode is not Mode.embedded or all(q in served or (q == "cpu" and served & {"cuda", "mps"}) for q in queues):

@@ -57,6 +57,24 @@ class CelerySender:
             ) from exc
 
 
+def check_broker(settings: Settings, timeout: float = 3.0) -> None:
+    """Raise BrokerUnavailable, naming CONTINUUM_BROKER_URL, unless the broker answers within `timeout`
+    seconds. Commands call it before they start a worker or wait on one, so an unreachable broker is
+    one line in seconds instead of a worker that never comes up."""
+    from workers.celery_app import app_for
+
+    app = app_for(settings)
+    where = urlsplit(app.conf.broker_url or "")
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    except (KombuOperationalError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"broker unreachable at {where.scheme}://{where.hostname}:{where.port} ({exc}): check "
+            "CONTINUUM_BROKER_URL and that the broker is up"
+        ) from None
+
+
 def send_job(app: Celery, job: Job) -> None:
     """Publish the message for `job` through `app` (see `CelerySender.send`)."""
     CelerySender(app).send(job.id, job.kind, job.queue)

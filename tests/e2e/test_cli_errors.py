@@ -167,3 +167,26 @@ def test_bad_job_parameters_are_refused_before_anything_is_written(args, env, ne
     _one_error_line(_cli(*args, env=env), *needles)
     listed = _cli("jobs", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
+
+
+@pytest.mark.parametrize("args", [["train", "--dataset", "1"], ["pipeline", "run", "--wait"], ["export"]])
+def test_an_unreachable_broker_is_one_line_naming_the_setting_before_any_job(args, tmp_path):
+    """Embedded database, a Redis broker on a closed port: no two-minute wait for a worker that cannot
+    start; the job row is not written either."""
+    from common.db import create_db_engine, session_factory, session_scope
+    from common.db.migrate import upgrade
+    from common.db.models import Dataset
+    from common.settings import load_settings
+
+    settings = load_settings()
+    upgrade(settings.resolved_database_url)
+    engine = create_db_engine(settings.resolved_database_url)
+    with session_scope(session_factory(engine)) as session:  # a dataset, so train passes its own checks
+        session.add(Dataset(uid="u", kind="feedback", uri="", manifest_key="m", num_rows=1, num_train=1,
+                            num_holdout=0, num_duplicates=0, num_skipped=0, sha256="", schema_version=1,
+                            policy={}))
+    engine.dispose()
+    env = {"CONTINUUM_BROKER_URL": f"redis://:pw@127.0.0.1:{free_port()}/0"}
+    _one_error_line(_cli(*args, env=env, timeout=60), "broker unreachable", "CONTINUUM_BROKER_URL")
+    listed = _cli("jobs", "list", "--json")
+    assert json.loads(listed.stdout) == [] or args[0] == "pipeline", listed.stdout
