@@ -38,7 +38,10 @@ def worker_running(settings: Settings, queues: tuple[str, ...] = ("io", "cpu"), 
     from workers.dispatch import check_broker
     from workers.resources import resources_for
 
+    from common.objectstore import check_store
+
     check_broker(settings)  # one line in seconds, not a worker that never comes up
+    check_store(settings)
     sessions = resources_for(settings).sessions
     served = live_queues(settings, sessions)
     if settings.mode is not Mode.embedded or all(q in served or (q == "cpu" and served & {"cuda", "mps"}) for q in queues):

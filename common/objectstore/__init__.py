@@ -20,4 +20,15 @@ def open_store(settings: Settings) -> ObjectStore:
     return S3ObjectStore.from_settings(settings)
 
 
-__all__ = ["LocalObjectStore", "ObjectStore", "S3ObjectStore", "join", "open_store", "validate_key"]
+def check_store(settings: Settings, timeout: float = 3.0) -> None:
+    """Raise the store's one-line error (naming the setting to fix) unless it answers within about
+    `timeout` seconds: one try, a short connect timeout. Commands call it before starting work."""
+    url = settings.resolved_storage_url
+    if urlsplit(url).scheme == "file":
+        store: ObjectStore = open_store(settings)
+    else:
+        store = S3ObjectStore.from_settings(settings, max_attempts=1, connect_timeout=timeout)
+    store.exists("continuum-reachability-check")
+
+
+__all__ = ["check_store", "LocalObjectStore", "ObjectStore", "S3ObjectStore", "join", "open_store", "validate_key"]

@@ -247,7 +247,8 @@ class S3ObjectStore(ObjectStore):
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
 
     @classmethod
-    def from_settings(cls, settings: "Settings", *, max_attempts: int = 5, part_size: int = DEFAULT_PART_SIZE) -> "S3ObjectStore":
+    def from_settings(cls, settings: "Settings", *, max_attempts: int = 5, part_size: int = DEFAULT_PART_SIZE,
+                      connect_timeout: float = 10) -> "S3ObjectStore":
         """The store `settings.storage_url` names, with endpoint, region and credentials from settings.
 
         Credentials: CONTINUUM_S3_* first, then AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; when neither is
@@ -264,7 +265,7 @@ class S3ObjectStore(ObjectStore):
             "region_name": settings.s3_region_name(),
             # standard mode retries throttling, 5xx and connection errors with jittered backoff.
             "retries": {"max_attempts": max_attempts, "mode": "standard"},
-            "connect_timeout": 10,
+            "connect_timeout": connect_timeout,
             "read_timeout": 120,
             "max_pool_connections": 16,
         }

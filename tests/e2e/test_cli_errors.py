@@ -190,3 +190,10 @@ def test_an_unreachable_broker_is_one_line_naming_the_setting_before_any_job(arg
     _one_error_line(_cli(*args, env=env, timeout=60), "broker unreachable", "CONTINUUM_BROKER_URL")
     listed = _cli("jobs", "list", "--json")
     assert json.loads(listed.stdout) == [] or args[0] == "pipeline", listed.stdout
+
+
+def test_an_unreachable_object_store_is_one_line_naming_the_setting(tmp_path):
+    env = {"CONTINUUM_STORAGE_URL": "s3://continuum-test/objects",
+           "CONTINUUM_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+           "CONTINUUM_S3_ACCESS_KEY_ID": "test-access-key", "CONTINUUM_S3_SECRET_ACCESS_KEY": "Not-A-Default-pw9"}
+    _one_error_line(_cli("export", env=env, timeout=60), "cannot reach S3", "CONTINUUM_S3_ENDPOINT_URL")
