@@ -55,4 +55,97 @@ def register(app: typer.Typer) -> None:
                 f"no valid feedback row in {str(file)!r} ({summary.quarantined} quarantined): fix the rows and import again"
             )
 
+    quarantine = typer.Typer(help="Rows an import refused, with their line number and reason.",
+                             no_args_is_help=True)
+
+    @quarantine.command("list")
+    def quarantine_list(
+        limit: int = typer.Option(30, "--limit", help="Newest N rows."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Quarantined rows, newest first: id, file and line, reason."""
+        from rich.table import Table
+
+        rows = [_quarantined(r) for r in _quarantine_rows(limit=limit)]
+        if json_output:
+            print_json(rows)
+            return
+        table = Table("id", "file:line", "reason")
+        for r in rows:
+            where = f"{Path(r['source']).name}:{r['line_number']}"
+            table.add_row(str(r["id"]), where, r["reason"][:60] + ("…" if len(r["reason"]) > 60 else ""))
+        console.print(table)
+        if not rows:
+            console.print("no quarantined rows")
+
+    @quarantine.command("show")
+    def quarantine_show(
+        row_id: int = typer.Argument(..., help="Quarantine row id (see `continuum feedback quarantine list`)."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """One quarantined row: where it came from, why it was refused, and the raw line."""
+        row = _quarantined(_quarantine_rows(row_ids=[row_id])[0])  # NotFound when missing
+        if json_output:
+            print_json(row)
+            return
+        console.print(f"quarantined row {row['id']}: {row['source']} line {row['line_number']}", highlight=False)
+        console.print(f"reason: {row['reason']}", highlight=False, markup=False)
+        console.print(f"raw: {row['raw']}", highlight=False, markup=False)
+
+    @quarantine.command("drop")
+    def quarantine_drop(
+        row_ids: list[int] = typer.Argument(None, help="Quarantine row ids to delete."),
+        all_rows: bool = typer.Option(False, "--all", help="Delete every quarantined row."),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Delete quarantined rows once fixed and re-imported (or judged worthless)."""
+        from sqlalchemy import delete
+
+        from common.db.engine import session_scope
+        from common.db.models import FeedbackQuarantine
+        from common.errors import ValidationError
+
+        if not row_ids and not all_rows:
+            raise ValidationError("name the quarantine row ids to drop, or pass --all")
+        if row_ids:
+            _quarantine_rows(row_ids=row_ids)  # every id must exist: nothing is deleted otherwise
+        statement = delete(FeedbackQuarantine)
+        if not all_rows:
+            statement = statement.where(FeedbackQuarantine.id.in_(row_ids))
+        with session_scope(state.sessions()) as session:
+            dropped = session.execute(statement).rowcount
+        if json_output:
+            print_json({"dropped": dropped})
+        else:
+            console.print(f"dropped {dropped} quarantined row(s)")
+
+    feedback.add_typer(quarantine, name="quarantine")
     app.add_typer(feedback, name="feedback")
+
+
+def _quarantined(row) -> dict:
+    return {"id": row.id, "source": row.source, "line_number": row.line_number, "reason": row.reason,
+            "raw": row.raw, "created_at": row.created_at}
+
+
+def _quarantine_rows(limit: int | None = None, row_ids: list[int] | None = None) -> list:
+    """Quarantine rows (newest first), or exactly `row_ids` (NotFound naming any that is missing)."""
+    from sqlalchemy import select
+
+    from common.db.engine import session_scope
+    from common.db.models import FeedbackQuarantine
+    from common.errors import NotFound
+
+    query = select(FeedbackQuarantine).order_by(FeedbackQuarantine.id.desc())
+    if row_ids is not None:
+        query = query.where(FeedbackQuarantine.id.in_(row_ids))
+    if limit is not None:
+        query = query.limit(limit)
+    with session_scope(state.sessions()) as session:
+        rows = list(session.scalars(query))
+    if row_ids is not None:
+        missing = sorted(set(row_ids) - {r.id for r in rows})
+        if missing:
+            raise NotFound(f"no quarantined row {', '.join(map(str, missing))}: list them with "
+                           "`continuum feedback quarantine list`")
+    return rows
