@@ -99,6 +99,19 @@ class Feedback(Base):
     )
 
 
+class FeedbackContent(Base):
+    """Every judged content (`content_hash`: conversation, response, feedback) ever imported, once.
+
+    The importer claims a hash here before inserting its row, so the same judgement imported twice
+    is a duplicate. A table of its own, not a unique index on `feedback.content_hash`: the export
+    updates every feedback row it claims, and each index there is one more insert per claimed row.
+    """
+
+    __tablename__ = "feedback_content"
+
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class FeedbackQuarantine(Base):
     """An input row that failed validation, kept with where it came from and why."""
 

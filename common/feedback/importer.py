@@ -1,8 +1,14 @@
 """Feedback into the database: a JSONL file importer and a Python API for applications.
 
-Valid rows are inserted in batches with `INSERT … ON CONFLICT (external_id) DO NOTHING … RETURNING id`,
-so an external id seen before (in the database, or earlier in the same file) is counted as a duplicate
-and never inserted twice — also when two importers race. Invalid rows go to `feedback_quarantine` with
+A row is a duplicate, counted and not inserted, when
+* its judged content was imported before (in the database, or earlier in the same input): the
+  conversation (prompt or messages), the response and the feedback value, as `content_hash` — so
+  importing the same file twice adds nothing; or
+* its optional `id` (the caller's own id, `external_id`) was imported before, even with other content.
+Each batch first claims its new content hashes in `feedback_content`
+(`INSERT … ON CONFLICT DO NOTHING RETURNING`), then inserts those rows into `feedback` with
+`ON CONFLICT (external_id) DO NOTHING`; a hash whose row lost on its id is released again in the same
+transaction. Both hold when two importers race. Invalid rows go to `feedback_quarantine` with
 the line number, the reason and the (truncated) raw line. A file is imported in one transaction: a
 crash leaves nothing half-imported, and re-running the import is safe.
 """
@@ -16,11 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.engine import session_scope
-from common.db.models import Feedback, FeedbackQuarantine
+from common.db.models import Feedback, FeedbackContent, FeedbackQuarantine
 from common.errors import PermanentError, ValidationError
 from common.feedback.schema import FeedbackRow, parse_line, problems_of
 from common.settings import Settings
@@ -48,9 +54,7 @@ class ImportSummary:
         }
 
 
-def _insert_ignoring_known_ids(session: Session):
-    """The dialect's INSERT with ON CONFLICT (external_id) DO NOTHING, returning inserted ids."""
-    table = Feedback.__table__
+def _dialect_insert(session: Session):
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -58,12 +62,24 @@ def _insert_ignoring_known_ids(session: Session):
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:
         raise PermanentError(f"feedback import supports PostgreSQL and SQLite, not {dialect}")
+    return dialect_insert
+
+
+def _insert_ignoring_known_ids(session: Session):
+    """The dialect's INSERT with ON CONFLICT (external_id) DO NOTHING, returning inserted rows' hashes."""
+    table = Feedback.__table__
     # The target names the partial unique index ux_feedback_external_id (rows without an id stay out of it).
     return (
-        dialect_insert(table)
+        _dialect_insert(session)(table)
         .on_conflict_do_nothing(index_elements=["external_id"], index_where=table.c.external_id.is_not(None))
-        .returning(table.c.id)
+        .returning(table.c.content_hash)
     )
+
+
+def _claim_content(session: Session):
+    """INSERT INTO feedback_content … ON CONFLICT DO NOTHING RETURNING the hashes that were new."""
+    table = FeedbackContent.__table__
+    return _dialect_insert(session)(table).on_conflict_do_nothing().returning(table.c.content_hash)
 
 
 class _BatchWriter:
@@ -72,6 +88,7 @@ class _BatchWriter:
     def __init__(self, session: Session, seen_ids: set[str]):
         self.session = session
         self.statement = _insert_ignoring_known_ids(session)
+        self.claim_statement = _claim_content(session)
         self.seen_ids = seen_ids  # external ids already taken earlier in this input
         self.rows: list[dict[str, Any]] = []
         self.bad: list[dict[str, Any]] = []
@@ -88,6 +105,15 @@ class _BatchWriter:
         self.rows.append(row.to_db(self.received_at))
         if len(self.rows) >= BATCH_ROWS:
             self.flush()
+
+    def _rows_with_new_content(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The first row of each content hash not imported before (claimed in `feedback_content`)."""
+        first: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            first.setdefault(row["content_hash"], row)
+        claimed = {h for (h,) in self.session.execute(
+            self.claim_statement, [{"content_hash": h} for h in first]).all()}
+        return [row for h, row in first.items() if h in claimed]
 
     def quarantine(self, source: str, line_number: int | None, raw: str, problems: list[str]) -> None:
         self.bad.append(
@@ -107,10 +133,17 @@ class _BatchWriter:
 
     def flush(self) -> None:
         if self.rows:
-            inserted = len(self.session.execute(self.statement, self.rows).all())
-            self.inserted += inserted
-            # Rows the ON CONFLICT skipped had an external id stored by an earlier import.
-            self.duplicate += len(self.rows) - inserted
+            fresh = self._rows_with_new_content(self.rows)
+            self.duplicate += len(self.rows) - len(fresh)
+            if fresh:
+                stored = {h for (h,) in self.session.execute(self.statement, fresh).all()}
+                self.inserted += len(stored)
+                # Rows the ON CONFLICT skipped had an external id stored by an earlier import: their
+                # content was not stored after all, so its claim is released.
+                self.duplicate += len(fresh) - len(stored)
+                released = [r["content_hash"] for r in fresh if r["content_hash"] not in stored]
+                if released:
+                    self.session.execute(delete(FeedbackContent).where(FeedbackContent.content_hash.in_(released)))
             self.rows = []
         if self.bad:
             self.session.execute(insert(FeedbackQuarantine.__table__), self.bad)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from common.db import Feedback, FeedbackQuarantine, create_db_engine, session_factory
+from common.db import Feedback, FeedbackContent, FeedbackQuarantine, create_db_engine, session_factory
 from common.errors import PermanentError, ValidationError
 from common.feedback import import_feedback_file, record_feedback, record_feedback_rows
 from common.settings import load_settings
@@ -96,16 +96,32 @@ def test_mixed_file_gives_exact_counts_and_quarantine(sessions, settings, tmp_pa
     assert "caf\\xe9" in next(b.raw for b in bad if b.line_number == 5)  # raw kept, readable
 
 
-def test_reimport_counts_known_ids_as_duplicates(sessions, settings, tmp_path):
+def test_reimporting_the_same_file_adds_nothing(sessions, settings, tmp_path):
     path = mixed_file(tmp_path / "mixed.jsonl")
     import_feedback_file(sessions, settings, path)
     again = import_feedback_file(sessions, settings, path)
-    # Rows with an id are known now; the row without one cannot be recognised and is stored again
-    # (exact duplicates by content are dropped at export).
-    assert (again.inserted, again.duplicate, again.quarantined) == (1, 4, 6)
+    # Rows with an id are known by id, the row without one by its content: nothing is stored twice.
+    assert (again.inserted, again.duplicate, again.quarantined) == (0, 5, 6)
     with sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Feedback)) == 5
+        assert session.scalar(select(func.count()).select_from(Feedback)) == 4
         assert session.scalar(select(func.count()).select_from(FeedbackQuarantine)) == 12
+
+
+def test_duplicates_by_content_and_by_id(sessions, settings):
+    """Content = conversation + response + feedback: the same judgement again is a duplicate whatever
+    its id; another feedback value on the same answer is not; a known id with new content is, and its
+    content stays free for a row that brings it later."""
+    up = {"prompt": "Capital of Peru?", "response": "Lima", "feedback": "thumbs_up"}
+    assert record_feedback_rows(sessions, settings, [up, dict(up, id="x1")]).as_dict()["inserted"] == 1
+    down = dict(up, feedback="thumbs_down")
+    assert record_feedback_rows(sessions, settings, [down]).inserted == 1
+    assert record_feedback_rows(sessions, settings, [{"prompt": "other", "response": "r", "feedback": "thumbs_up",
+                                                      "id": "taken"}]).inserted == 1
+    reused = {"prompt": "Capital of Chile?", "response": "Santiago", "feedback": "thumbs_up", "id": "taken"}
+    assert record_feedback_rows(sessions, settings, [reused]).duplicate == 1  # id known
+    assert record_feedback_rows(sessions, settings, [dict(reused, id="fresh")]).inserted == 1  # content was free
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Feedback)) == 4
 
 
 def test_large_file_is_batched(sessions, settings, tmp_path):
@@ -115,6 +131,8 @@ def test_large_file_is_batched(sessions, settings, tmp_path):
             fh.write(line({"prompt": f"q{i}", "response": "a", "feedback": "thumbs_up", "id": f"id-{i % 4_500}"}))
     summary = import_feedback_file(sessions, settings, path)
     assert (summary.inserted, summary.duplicate, summary.quarantined) == (4_500, 500, 0)
+    with sessions() as session:  # every stored row's content is claimed, and only those
+        assert session.scalar(select(func.count()).select_from(FeedbackContent)) == 4_500
 
 
 def test_python_api_validates_everything_before_inserting(sessions, settings):

@@ -107,6 +107,34 @@ def test_downgrade_to_base_removes_every_table_and_upgrade_restores_them(empty_d
     assert _schema_differences(empty_database_url) == []
 
 
+def test_feedback_stored_before_0004_counts_as_seen_after_it(empty_database_url, tmp_path):
+    """The upgrade backfills feedback_content, so importing old feedback again is a duplicate."""
+    from alembic import command
+
+    from common.db import session_factory
+    from common.feedback import record_feedback_rows
+    from common.settings import load_settings
+
+    command.upgrade(alembic_config(empty_database_url), "0003")
+    engine = create_db_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO feedback (prompt, response, feedback, content_hash, created_at, received_at) "
+            "VALUES ('q?', 'a', 'thumbs_up', :h, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+            {"h": _hash_of("q?", "a", "thumbs_up")})
+    upgrade(empty_database_url)
+    summary = record_feedback_rows(session_factory(engine), load_settings(),
+                                   [{"prompt": "q?", "response": "a", "feedback": "thumbs_up"}])
+    engine.dispose()
+    assert (summary.inserted, summary.duplicate) == (0, 1)
+
+
+def _hash_of(prompt: str, response: str, feedback: str) -> str:
+    from common.feedback.schema import content_hash
+
+    return content_hash(prompt, response, feedback)
+
+
 def _cli(args: list[str], database_url: str, home: Path, console_script: bool) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_")}
     env.update(CONTINUUM_DATABASE_URL=database_url, CONTINUUM_HOME=str(home))
