@@ -7,11 +7,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install system-deps demo test test-unit test-integration bench clean
 
-# torch is installed FIRST and pinned: it comes as a CPU wheel from a local file here, and anything that
-# depends on torch installed before it would pull a multi-GB CUDA build instead.
+# torch is installed FIRST and pinned: anything that depends on torch installed before it would pull
+# PyPI's default Linux build, which is the multi-GB CUDA one. Where pip finds a local torch wheel
+# (pip's find-links) that is used; else a machine without nvidia-smi (and not a Mac, whose PyPI build
+# is the MPS one) takes the CPU build from PyTorch's own index; a CUDA machine takes PyPI's.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-index torch==$(TORCH_VERSION) 2>/dev/null || \
+	  $(PY) -m pip install -q torch==$(TORCH_VERSION) $$(command -v nvidia-smi >/dev/null || \
+	    [ "$$(uname -s)" = Darwin ] || echo --index-url $(TORCH_CPU_INDEX))
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
