@@ -47,29 +47,10 @@ def worker_running(settings: Settings, queues: tuple[str, ...] = ("io", "cpu"), 
     if settings.mode is not Mode.embedded or all(q in served or (q == "cpu" and served & {"cuda", "mps"}) for q in queues):
         yield False
         return
-    from common.home import open_private_append
-
-    log_path = settings.home / "logs" / "worker.log"
     name = f"embedded-{os.getpid()}@local"
-    with open_private_append(log_path) as log_file:
-        # settings.home is absolute (resolved once when settings were built): the worker, started in the
-        # repository folder, must watch the same home as this command wherever it was run from.
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from scheduler.cli import main; main()", "worker", "-n", name, "-l", "INFO"],
-            cwd=_REPO, stdout=log_file, stderr=subprocess.STDOUT,
-            env=dict(os.environ, CONTINUUM_HOME=str(settings.home.resolve())),
-        )
+    proc = _spawn_worker(settings, name, detach=False)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise ContinuumError(f"the embedded worker exited with code {proc.returncode}: see {log_path}")
-            with session_scope(sessions) as session:
-                if session.scalar(select(Worker.pid).where(Worker.name == name)) == proc.pid:
-                    break
-            if time.monotonic() > deadline:
-                raise ContinuumError(f"the embedded worker did not start within {timeout:.0f}s: see {log_path}")
-            time.sleep(0.3)
+        _wait_registered(proc, name, sessions, timeout, settings.home / "logs" / "worker.log")
         yield True
     finally:
         if proc.poll() is None:
@@ -79,6 +60,100 @@ def worker_running(settings: Settings, queues: tuple[str, ...] = ("io", "cpu"), 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _spawn_worker(settings: Settings, name: str, detach: bool) -> subprocess.Popen:
+    """A `continuum worker` process on this home's embedded broker, logging to <home>/logs/worker.log.
+
+    `detach`: in its own session, so it outlives the command that started it (`continuum up`).
+    """
+    from common.home import open_private_append
+
+    with open_private_append(settings.home / "logs" / "worker.log") as log_file:
+        # settings.home is absolute (resolved once when settings were built): the worker, started in the
+        # repository folder, must watch the same home as this command wherever it was run from.
+        return subprocess.Popen(
+            [sys.executable, "-c", "from scheduler.cli import main; main()", "worker", "-n", name, "-l", "INFO"],
+            cwd=_REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(os.environ, CONTINUUM_HOME=str(settings.home.resolve())), start_new_session=detach,
+        )
+
+
+def _wait_registered(proc: subprocess.Popen, name: str, sessions, timeout: float, log_path: Path) -> None:
+    """Until the worker has registered itself in the database (it then consumes its queues)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ContinuumError(f"the embedded worker exited with code {proc.returncode}: see {log_path}")
+        with session_scope(sessions) as session:
+            if session.scalar(select(Worker.pid).where(Worker.name == name)) == proc.pid:
+                return
+        if time.monotonic() > deadline:
+            raise ContinuumError(f"the embedded worker did not start within {timeout:.0f}s: see {log_path}")
+        time.sleep(0.3)
+
+
+def _pid_file(settings: Settings) -> Path:
+    return settings.home / "worker.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def worker_up(settings: Settings, timeout: float = 120) -> dict:
+    """Start a long-lived embedded worker (`continuum up`) that every later command reuses, so a
+    command no longer pays a worker start. Returns {pid, started}; a worker already up is reused."""
+    from common.objectstore import check_store
+    from workers.dispatch import check_broker
+    from workers.resources import resources_for
+
+    if settings.mode is not Mode.embedded:
+        raise ContinuumError("`continuum up` starts the embedded worker; in distributed mode run "
+                             "`continuum worker` on each worker machine")
+    pid_file = _pid_file(settings)
+    if pid_file.exists():
+        pid = int(pid_file.read_text().strip() or 0)
+        if pid and _alive(pid):
+            return {"pid": pid, "started": False}
+        pid_file.unlink()  # a worker that died without `continuum down`
+    check_broker(settings)
+    check_store(settings)
+    name = f"up-{os.getpid()}@local"
+    proc = _spawn_worker(settings, name, detach=True)
+    try:
+        _wait_registered(proc, name, resources_for(settings).sessions, timeout, settings.home / "logs" / "worker.log")
+    except BaseException:
+        proc.terminate()
+        raise
+    pid_file.write_text(str(proc.pid))
+    return {"pid": proc.pid, "started": True}
+
+
+def worker_down(settings: Settings, timeout: float = 60) -> dict:
+    """Stop the worker `continuum up` started (warm shutdown: a running job checkpoints and goes back
+    to the queue). Returns {pid, stopped}."""
+    import signal
+
+    pid_file = _pid_file(settings)
+    if not pid_file.exists():
+        return {"pid": None, "stopped": False}
+    pid = int(pid_file.read_text().strip() or 0)
+    if pid and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return {"pid": pid, "stopped": True}
 
 
 def start_sweeper(settings: Settings, stop: threading.Event, interval: float | None = None) -> threading.Thread:

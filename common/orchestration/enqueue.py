@@ -55,14 +55,17 @@ def enqueue_job(
     """Create (or find, by idempotency key) a job and send its message; returns the job id.
 
     A job that already existed under the key is not sent again unless it is still queued (a resend is
-    harmless: the claim lets only one delivery run it). Parameters naming rows that do not exist are
-    refused first (`preflight`): nothing is written.
+    harmless: the claim lets only one delivery run it). Outside a pipeline, parameters naming rows that
+    do not exist are refused first (`preflight`): nothing is written.
     """
     from common.orchestration.preflight import check_job_params
 
     spec = job_kind(kind)
     queue = choose_queue(orch.settings, orch.sessions, spec, device)
-    check_job_params(orch.sessions, spec.name, params or {})
+    if pipeline_run_id is None:
+        # A pipeline's steps are not checked here: a step that cannot run must fail as a job, so the
+        # run fails at that step (and can be resumed) instead of stalling on an enqueue that raises.
+        check_job_params(orch.sessions, spec.name, params or {})
     job, created = orch.ledger.create(
         spec.name,
         params or {},

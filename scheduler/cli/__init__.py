@@ -32,6 +32,7 @@ _TOPICS = [
     "scheduler.cli.config",
     "scheduler.cli.report",
     "scheduler.cli.worker",
+    "scheduler.cli.up",
     "scheduler.cli.registry",
     "scheduler.cli.pipeline",
     "scheduler.cli.beat",

@@ -21,7 +21,6 @@ from sqlalchemy import select
 
 from common.db import Dataset, Feedback, create_db_engine, session_factory
 from common.errors import ObjectStoreUnavailable, PermanentError, ValidationError
-from common.feedback import record_feedback_rows
 from common.objectstore import LocalObjectStore, open_store
 from common.settings import load_settings
 from workers.export import (
@@ -52,7 +51,23 @@ class Backend:
         self.settings = load_settings()
 
     def seed(self, rows: list[dict]) -> None:
-        record_feedback_rows(self.sessions, self.settings, rows)
+        """Store `rows` as they are, repeats included: the importer would drop repeated content, but
+        rows stored before migration 0004 (or by another writer) can repeat it, and the export must
+        still collapse them. Known external ids are skipped as the importer does."""
+        from datetime import datetime, timezone
+
+        from common.db.engine import session_scope
+        from common.feedback.importer import _insert_ignoring_known_ids
+        from common.feedback.schema import problems_of
+
+        now = datetime.now(timezone.utc)
+        values = []
+        for data in rows:
+            row, problems = problems_of(dict(data), self.settings.feedback_max_chars)
+            assert row is not None, problems
+            values.append(row.to_db(now))
+        with session_scope(self.sessions) as session:
+            session.execute(_insert_ignoring_known_ids(session), values)
 
     def feedback(self) -> list[Feedback]:
         with self.sessions() as session:
