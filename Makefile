@@ -9,15 +9,18 @@ STAMP := $(VENV)/.installed
 
 # torch is installed FIRST and pinned: anything that depends on torch installed before it would pull
 # PyPI's default Linux build, which is the multi-GB CUDA one. Where pip finds a local torch wheel
-# (pip's find-links) that is used; else a machine without nvidia-smi (and not a Mac, whose PyPI build
+# (pip's find-links) that is used (its own dependencies then come from the index); else a machine without nvidia-smi (and not a Mac, whose PyPI build
 # is the MPS one) takes the CPU build from PyTorch's own index; a CUDA machine takes PyPI's.
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-index torch==$(TORCH_VERSION) 2>/dev/null || \
+	if $(PY) -m pip install -q --no-index --no-deps torch==$(TORCH_VERSION) 2>/dev/null; then \
+	  $(PY) -m pip install -q torch==$(TORCH_VERSION); \
+	else \
 	  $(PY) -m pip install -q torch==$(TORCH_VERSION) $$(command -v nvidia-smi >/dev/null || \
-	    [ "$$(uname -s)" = Darwin ] || echo --index-url $(TORCH_CPU_INDEX))
+	    [ "$$(uname -s)" = Darwin ] || echo --index-url $(TORCH_CPU_INDEX)); \
+	fi
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
