@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from workers.learning.fisher import batches_for_rows
+from workers.learning.losses import mean_response_logprob_per_row
 
 Row = dict[str, Any]
 
@@ -149,12 +150,8 @@ def mean_response_logprob(model: Any, tokenizer: Any, rows: Sequence[Row], setti
     try:
         for batch in batches_for_rows(list(rows), tokenizer, settings.batch_size, settings.max_length):
             ids = batch["input_ids"].to(device)
-            logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
-            targets = batch["labels"][:, 1:].to(device)  # (B, T-1)
-            mask = targets != -100
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            per_row = (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (B,)
-            total += float(per_row.sum())
+            logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits
+            total += float(mean_response_logprob_per_row(logits, batch["labels"].to(device)).sum())
     finally:
         model.train(was_training)
     return total / len(rows)

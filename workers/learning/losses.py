@@ -106,6 +106,15 @@ def selected_response_loss(
     return LossOutput(loss=weighted.mean(), per_sample=weighted.detach(), response_tokens=counts)
 
 
+def mean_response_logprob_per_row(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) each row's mean log-prob of its response tokens; logits (B, T, V) and labels (B, T)
+    aligned with the inputs (position t predicts token t + 1)."""
+    targets = labels[:, 1:]  # (B, T-1)
+    mask = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 def _still_pushing(unlikelihood: torch.Tensor, mean_logprob: torch.Tensor, stop_below: torch.Tensor) -> torch.Tensor:
     """(B,) 1.0 for every sample except flagged ones already below their floor (0.0: no push).
 

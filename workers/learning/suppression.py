@@ -18,20 +18,17 @@ from typing import Any
 
 import torch
 
-from workers.learning.formatting import IGNORE_INDEX
 
 
 def base_mean_logprob(model: Any, batch: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
     """(B,) the base model's mean response-token log-prob for the `rows` (B,) bool; 0 elsewhere."""
     from workers.learning.kl import teacher_logits
 
+    from workers.learning.losses import mean_response_logprob_per_row
+
     out = torch.zeros(rows.shape[0], device=batch["input_ids"].device)
     picked = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "labels")}
-    logits = teacher_logits(model, picked, "base")[:, :-1].float()  # (b, T-1, V) position t predicts t+1
-    targets = picked["labels"][:, 1:]  # (b, T-1)
-    mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    out[rows] = (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    out[rows] = mean_response_logprob_per_row(teacher_logits(model, picked, "base"), picked["labels"])
     return out
 
 
