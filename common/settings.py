@@ -215,6 +215,13 @@ class Settings(BaseSettings):
     child_stop_grace_seconds: float = Field(
         5.0, gt=0, description="After SIGTERM, seconds a job process gets to checkpoint before SIGKILL."
     )
+    job_process_start: Literal["auto", "forkserver", "spawn"] = Field(
+        "auto",
+        description="How a worker starts a job process: `forkserver` forks it from a process that imported the "
+        "job code (torch, transformers, peft) when the worker started, so a job starts in well under a second; "
+        "`spawn` starts a fresh interpreter per job (seconds of imports). `auto` = forkserver on Linux, spawn "
+        "elsewhere (macOS: forking after loading Apple's frameworks is unsafe).",
+    )
     reaper_interval_seconds: float = Field(
         30.0, gt=0, description="How often beat re-enqueues jobs whose lease expired."
     )

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.engine import session_scope
@@ -146,8 +146,27 @@ class _BatchWriter:
                     self.session.execute(delete(FeedbackContent).where(FeedbackContent.content_hash.in_(released)))
             self.rows = []
         if self.bad:
-            self.session.execute(insert(FeedbackQuarantine.__table__), self.bad)
+            fresh_bad = self._not_yet_quarantined(self.bad)
+            if fresh_bad:
+                self.session.execute(insert(FeedbackQuarantine.__table__), fresh_bad)
             self.bad = []
+
+    def _not_yet_quarantined(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Entries whose (file, line, text) is not in the quarantine already: importing the same file
+        again reports its bad rows again but does not store them twice."""
+        table = FeedbackQuarantine.__table__
+        known = set(self.session.execute(
+            select(table.c.source, table.c.line_number, table.c.raw).where(
+                table.c.source.in_({e["source"] for e in entries}),
+                table.c.line_number.in_({e["line_number"] for e in entries if e["line_number"] is not None}),
+            )).all())
+        fresh, seen = [], set()
+        for entry in entries:
+            key = (entry["source"], entry["line_number"], entry["raw"])
+            if key not in known and key not in seen:
+                seen.add(key)
+                fresh.append(entry)
+        return fresh
 
     def summary(self) -> ImportSummary:
         self.flush()

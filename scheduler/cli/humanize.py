@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 WIDTH = 80
@@ -12,10 +13,12 @@ MAX_LIST_ITEMS = 4
 
 
 def figure(value: Any) -> str:
-    """A value as a person reads it: floats to 3 significant digits (whole numbers from 1000 on),
-    lists shortened."""
+    """A value as a person reads it: floats to 3 significant digits (whole numbers from 1000 on), times
+    to the second, lists shortened."""
     if isinstance(value, bool) or value is None:
         return {True: "yes", False: "no", None: "–"}[value]
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")  # to the second: microseconds are noise to a person
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
     if isinstance(value, (list, tuple)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
@@ -59,8 +58,16 @@ def register(app: typer.Typer) -> None:
         row = _row(jobs_ledger.get(jobs_ledger.resolve(job_id)))
         if json_output:
             print_json(row)
-        else:
-            console.print_json(json.dumps(row, default=str))
+            return
+        from scheduler.cli.humanize import result_lines
+
+        console.print(f"job {row['id']}: {row['kind']} on {row['queue']}, {row['state']} "
+                      f"(try {row['attempts']} of {row['max_attempts']})", highlight=False)
+        details = {"created": row["created_at"], "finished": row["finished_at"], "lease": row["lease_owner"],
+                   "pipeline run": row["pipeline_run_id"], "params": row["params"] or None,
+                   "progress": row["progress"] or None, "result": row["result"] or None, "error": row["error"]}
+        for line in result_lines({k: v for k, v in details.items() if v not in (None, "")}):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     @jobs.command("cancel")
     def cancel(job_id: str = typer.Argument(..., help="Job id, or any unique start of it.")) -> None:

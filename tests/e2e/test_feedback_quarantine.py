@@ -28,6 +28,10 @@ def test_list_show_and_drop_quarantined_rows(tmp_path):
     assert "feedback" in listed[0]["reason"] and listed[0]["source"].endswith("fb.jsonl")
     table = _cli("feedback", "quarantine", "list")
     assert "fb.jsonl:3" in table.stdout and max(len(line) for line in table.stdout.splitlines()) <= 80
+    # The same file again: its bad rows are reported again but not stored twice.
+    again = _cli("feedback", "import", str(feedback))
+    assert again.returncode == 0 and "line 2" in again.stdout
+    assert len(json.loads(_cli("feedback", "quarantine", "list", "--json").stdout)) == 2
     shown = _cli("feedback", "quarantine", "show", str(listed[1]["id"]))
     assert "line 2" in shown.stdout and "{not json" in shown.stdout
 

@@ -35,3 +35,11 @@ def test_pipeline_outcome_says_whether_the_candidate_was_promoted_and_why():
     failed = {"id": "x" * 10, "state": "failed", "error": "boom",
               "steps": {"export": {"state": "succeeded"}, "train": {"state": "failed"}}}
     assert pipeline_outcome(failed) == "pipeline run xxxxxxxx: failed at train — boom"
+
+
+def test_times_are_shown_to_the_second():
+    from datetime import datetime
+
+    from scheduler.cli.humanize import figure
+
+    assert figure(datetime(2026, 12, 2, 14, 2, 55, 185366)) == "2026-12-02 14:02:55"

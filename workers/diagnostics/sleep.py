@@ -4,6 +4,10 @@ It counts `steps` steps of `step_seconds`, checkpoints its position to the objec
 step (a job-scoped key), resumes from the checkpoint on a retry, reports progress, stops on request,
 and records each execution (pid, start, end) so tests can prove no two executions overlapped.
 
+`import_ml_code: true` first imports what an ML job imports when it runs (torch, transformers, peft and
+the learning code: the fork server's preload list) and returns how long that took, `import_seconds`,
+so a benchmark can time a job process's start-up up to "ready to train" (bench/job_startup.py).
+
 Fault injection (params): `crash` = "always" kills its own process with SIGKILL at `crash_at_step`
 (every attempt), "first" only on the first execution; `fail` = "permanent" | "retryable" raises.
 """
@@ -30,6 +34,7 @@ def _read_json(ctx: JobContext, key: str) -> dict[str, Any] | None:
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
+    import_seconds = _import_ml_code() if ctx.params.get("import_ml_code") else None
     steps = int(ctx.params.get("steps", 10))
     step_seconds = float(ctx.params.get("step_seconds", 0.1))
     crash = ctx.params.get("crash", "never")
@@ -71,7 +76,22 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     record.update(end=time.time(), step=step)
     ctx.store.put_bytes(execution_key, json.dumps(record).encode())
-    return {"steps": steps, "resumed_from": resumed_from, "pid": os.getpid()}
+    result = {"steps": steps, "resumed_from": resumed_from, "pid": os.getpid()}
+    if import_seconds is not None:
+        result["import_seconds"] = round(import_seconds, 4)
+    return result
+
+
+def _import_ml_code() -> float:
+    import importlib
+
+    from workers.runner.job_process import preload_modules
+
+    started = time.perf_counter()
+    for module in preload_modules():
+        if module != "__main__":
+            importlib.import_module(module)
+    return time.perf_counter() - started
 
 
 def executions(store, job_id: str) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Entry point of a job process: `python -m workers.runner.child <job_id> <progress_fd> [<owner> <token>]`.
+"""Entry point of a job process: `python -m workers.runner.child <job_id> <progress_fd> [<owner> <token>]`,
+or `run_forked` in a process forked from the fork server (job_process.py).
 
 Runs one job's logic with a JobContext and reports through the pipe (see protocol.py). It never
 changes the job's ledger state: the supervisor owns the lease. If the supervisor dies (worker killed),
@@ -30,11 +31,23 @@ class _StopFlag:
             self.reason = reason
 
 
-def _watch_parent(parent_pid: int) -> None:
+def _watch_parent(parent_pid: int, supervisor_pid: int) -> None:
+    """Exit when orphaned (our parent changed) or when the supervisor is gone. A spawned job's parent is
+    the supervisor; a forked one's is the fork server, which outlives the worker only briefly."""
     while True:
-        if os.getppid() != parent_pid:
+        if os.getppid() != parent_pid or not _alive(supervisor_pid):
             os._exit(protocol.EXIT_RETRYABLE)  # orphaned: the lease is gone, stop now, no cleanup
         time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _watch_lease(ledger, job_id: str, token: int, interval: float) -> None:  # noqa: ANN001
@@ -55,17 +68,38 @@ def _watch_lease(ledger, job_id: str, token: int, interval: float) -> None:  # n
 
 
 def main(argv: list[str]) -> int:
-    job_id, fd = argv[0], int(argv[1])
+    """Spawned: `<job_id> <progress_fd> [<owner> <token>]`, the supervisor's pid in the environment."""
+    pipe = os.fdopen(int(argv[1]), "wb", buffering=0)
+    supervisor = int(os.environ.get("CONTINUUM_SUPERVISOR_PID", os.getppid()))
+    return run_job(argv[0], argv[2:], pipe, parent_pid=supervisor, supervisor_pid=supervisor)
+
+
+def run_forked(argv: list[str], writer, supervisor_pid: int, environ: dict[str, str]) -> None:  # noqa: ANN001
+    """Forked from the fork server (job_process.py): the same job run, started with the job code loaded.
+    `writer` is the write end of the progress pipe (a multiprocessing Connection the server passed on)."""
+    from workers.runner.job_process import die_with_parent
+
+    die_with_parent()  # our parent is the fork server, which exits when the worker does
+    parent = os.getppid()
+    # The supervisor's environment as it is now (the server's copy dates from its start). Modules the
+    # server preloaded read theirs at import, from the worker's environment, which does not change.
+    os.environ.clear()
+    os.environ.update(environ)
+    pipe = os.fdopen(os.dup(writer.fileno()), "wb", buffering=0)
+    writer.close()
+    sys.exit(run_job(argv[0], argv[2:], pipe, parent_pid=parent, supervisor_pid=supervisor_pid))
+
+
+def run_job(job_id: str, lease: list[str], pipe, parent_pid: int, supervisor_pid: int) -> int:  # noqa: ANN001
     # The lease comes from the supervisor, never from the row: read from the row, a child started
     # late could pick up the NEXT attempt's token and have its stale write accepted.
-    owner, token = (argv[2], int(argv[3])) if len(argv) >= 4 else (None, None)
-    pipe = os.fdopen(fd, "wb", buffering=0)
+    owner, token = (lease[0], int(lease[1])) if len(lease) >= 2 else (None, None)
     stop = _StopFlag()
     for sig in protocol.REQUEUE_SIGNALS:
         signal.signal(sig, lambda *_: stop.set(protocol.STOP_REQUEUE))
     signal.signal(protocol.CANCEL_SIGNAL, lambda *_: stop.set(protocol.STOP_CANCEL))
-    parent = int(os.environ.get("CONTINUUM_SUPERVISOR_PID", os.getppid()))
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
+    threading.Thread(target=_watch_parent, args=(parent_pid, supervisor_pid), daemon=True,
+                     name="parent-watch").start()
 
     def send(message: dict[str, Any]) -> None:
         try:
@@ -88,7 +122,9 @@ def main(argv: list[str]) -> int:
             threading.Thread(target=_watch_lease, args=(resources.ledger, job_id, token,
                                                         max(0.5, settings.job_heartbeat_seconds)),
                              daemon=True, name="lease-watch").start()
+        preloaded = "torch" in sys.modules
         run = load_entry(job_kind(job.kind))
+        send({"type": "started", "preloaded": preloaded})
         context = JobContext(
             settings=settings,
             sessions=resources.sessions,

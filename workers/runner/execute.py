@@ -99,6 +99,9 @@ def execute_job(task: Task, job_id: str, kind: str | None = None, queue: str | N
     outcome = _run(kind, job_id, dict(job.params or {}), settings, supervision)
     state = record_outcome(task.app, ledger, job_id, owner, outcome, token=token,
                            made_progress=_made_progress(job.progress, outcome.progress))
+    if outcome.startup_seconds is not None:
+        log.info("job %s (%s) process (%s) ready in %.2fs", job_id, kind.name, outcome.start_method,
+                 outcome.startup_seconds)
     log.info("job %s (%s) → %s %s", job_id, kind.name, state, outcome.error)
     if job.pipeline_run_id and state != "lease_lost":
         from common.orchestration.pipeline import advance_pipeline  # lazy: only pipeline steps need it
@@ -110,7 +113,7 @@ def execute_job(task: Task, job_id: str, kind: str | None = None, queue: str | N
 
 def _run(kind: JobKind, job_id: str, params: dict[str, Any], settings: Settings, supervision: Supervision) -> Outcome:
     if kind.isolation == "process":
-        return run_in_subprocess(job_id, supervision)
+        return run_in_subprocess(job_id, supervision, settings.job_process_start)
     resources = resources_for(settings)
     context = JobContext(settings=settings, sessions=resources.sessions, store=resources.store,
                          job_id=job_id, params=params, lease_owner=supervision.lease_owner,

@@ -25,6 +25,10 @@ class Outcome:
     error: str = ""
     retryable: bool = True
     progress: dict[str, Any] | None = None  # the last progress this attempt reported (None: none)
+    # A job process only: how it was started and how long until the job's code was loaded.
+    start_method: str | None = None
+    startup_seconds: float | None = None
+    code_preloaded: bool | None = None  # torch was already imported when the job process started
 
 
 @dataclass

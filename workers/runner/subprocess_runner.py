@@ -14,17 +14,15 @@ actually have expired by now (the last renewal + the lease length) is the job gi
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import selectors
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 from workers.runner import protocol
+from workers.runner.job_process import JobProcess, resolve_start_method, start_job_process
 from workers.runner.outcome import Outcome, OutcomeKind, Supervision
 
 log = logging.getLogger("continuum.runner")
@@ -33,35 +31,17 @@ _POLL_SECONDS = 0.2
 _PROGRESS_PUBLISH_SECONDS = 1.0
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child before exec
-    """Linux: have the kernel SIGKILL the job process if the worker dies (kill -9, OOM)."""
+def run_in_subprocess(job_id: str, supervision: Supervision, start_method: str = "auto") -> Outcome:
+    """Run `job_id` in its own process (forked from the warm fork server or spawned, see job_process.py)
+    and supervise it until it ends."""
+    lease = [supervision.lease_owner, str(supervision.lease_token)] if supervision.lease_token is not None else []
+    method = resolve_start_method(start_method)
+    started_at = time.monotonic()
+    proc, read_fd = start_job_process(job_id, lease, method)
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: the child's parent-pid watchdog covers it
-
-
-def run_in_subprocess(job_id: str, supervision: Supervision, env: dict[str, str] | None = None) -> Outcome:
-    read_fd, write_fd = os.pipe()
-    child_env = dict(os.environ if env is None else env)
-    child_env["CONTINUUM_SUPERVISOR_PID"] = str(os.getpid())
-    argv = [sys.executable, "-m", "workers.runner.child", job_id, str(write_fd)]
-    if supervision.lease_token is not None:
-        argv += [supervision.lease_owner, str(supervision.lease_token)]  # the child's fenced final write
-    try:
-        proc = subprocess.Popen(
-            argv,
-            pass_fds=(write_fd,),
-            env=child_env,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            close_fds=True,
-        )
-    finally:
-        os.close(write_fd)
-    os.set_blocking(read_fd, False)
-    try:
-        return _Supervisor(proc, read_fd, supervision).loop()
+        outcome = _Supervisor(proc, read_fd, supervision, started_at).loop()
+        outcome.start_method = method
+        return outcome
     finally:
         if proc.poll() is None:  # any unexpected exit from the loop must not leave the job running
             proc.kill()
@@ -70,7 +50,7 @@ def run_in_subprocess(job_id: str, supervision: Supervision, env: dict[str, str]
 
 
 class _Supervisor:
-    def __init__(self, proc: subprocess.Popen, read_fd: int, supervision: Supervision):
+    def __init__(self, proc: JobProcess, read_fd: int, supervision: Supervision, started_at: float):
         self.proc = proc
         self.fd = read_fd
         self.sup = supervision
@@ -83,11 +63,14 @@ class _Supervisor:
         self.kill_at: float | None = None
         self.killed_hard = False
         self.last_progress: dict[str, Any] | None = None
+        self.started_at = started_at
+        self.startup_seconds: float | None = None  # start → the job's code loaded, about to run
+        self.code_preloaded: bool | None = None
 
     # ------------------------------------------------------------------ loop
 
     def loop(self) -> Outcome:
-        started = time.monotonic()
+        started = self.started_at
         # When the lease would expire if no renewal gets through (the claim happened just before).
         lease_deadline = started + self.sup.lease_seconds
         next_heartbeat = started + self.sup.heartbeat_seconds
@@ -145,6 +128,8 @@ class _Supervisor:
                 log.warning("final progress not recorded: %s", exc)
         outcome = self._outcome()
         outcome.progress = self.last_progress
+        outcome.startup_seconds = self.startup_seconds
+        outcome.code_preloaded = self.code_preloaded
         return outcome
 
     def _lost(self, error: str) -> Outcome:
@@ -159,7 +144,10 @@ class _Supervisor:
             if not chunk:
                 return
             for message in self.reader.feed(chunk):
-                if message["type"] == "progress":
+                if message["type"] == "started":
+                    self.startup_seconds = time.monotonic() - self.started_at
+                    self.code_preloaded = bool(message.get("preloaded"))
+                elif message["type"] == "progress":
                     self.progress = self.last_progress = message.get("data") or {}
                     self.progress_dirty = True
                 else:
