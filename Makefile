@@ -56,6 +56,8 @@ bench: install system-deps
 	$(PY) bench/forgetting.py
 	$(PY) bench/dispatch.py
 	$(PY) bench/pipeline_overhead.py
+	$(PY) bench/cli_round_trip.py
+	$(PY) bench/job_startup.py
 
 clean:
 	rm -rf $(VENV) .continuum .pytest_cache

@@ -80,3 +80,17 @@ def _require_bitsandbytes() -> None:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ConfigError("4-bit QLoRA needs bitsandbytes: pip install 'continuum[cuda]'") from None
+
+
+def peak_memory_mib(spec: DeviceSpec) -> dict[str, float]:
+    """This process's peak memory so far, in MiB: resident memory (`rss`), and on CUDA the most the
+    allocator held on the GPU (`cuda`). For sizing a machine for a model (README: memory and precision)."""
+    import resource
+    import sys
+
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"rss": round(max_rss / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if spec.kind == "cuda":
+        peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+

@@ -43,7 +43,8 @@ from workers.train.config import TrainJobParams, train_config
 def _result(adapter: Adapter) -> dict[str, Any]:
     meta = adapter.metadata_ or {}
     return {"status": "trained", "adapter_id": adapter.id, "version": adapter.version, "uri": adapter.uri,
-            "retaught_dataset_ids": meta.get("retaught_dataset_ids", []), "notes": meta.get("notes", [])}
+            "retaught_dataset_ids": meta.get("retaught_dataset_ids", []), "notes": meta.get("notes", []),
+            "device": meta.get("device"), "peak_memory_mib": meta.get("peak_memory_mib")}
 
 
 def _version(adapter: Adapter | None) -> str:
@@ -147,6 +148,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from workers.learning.lora import LoraSettings, attach_adapter, publish_adapter, settings_dict
     from workers.learning.replay import store_history
     from workers.learning.self_replay import base_protection_rows
+    from workers.learning.device import peak_memory_mib
     from workers.learning.training import TrainCallbacks, fit
 
     continual = recipe(params.recipe or ctx.settings.recipe, **params.recipe_overrides)
@@ -229,6 +231,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
             "train_config": config.to_dict(),
             "train": result.to_dict(),
             "device": loaded.device.describe(),
+            "peak_memory_mib": peak_memory_mib(loaded.device),
             "job_id": ctx.job_id,
         }
         publish_adapter(ctx.store, prefix, model, metadata, workdir=tmp)

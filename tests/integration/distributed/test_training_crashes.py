@@ -81,9 +81,24 @@ def _resumed_step(adapter: Adapter) -> int:
 
 
 def _child_pids(worker_pid: int) -> list[int]:
+    """Every process under the worker: its job processes, and its job fork server (job_process.py)."""
     import psutil
 
     return [child.pid for child in psutil.Process(worker_pid).children(recursive=True)]
+
+
+def _job_pids(worker_pid: int) -> list[int]:
+    """The worker's job processes only: spawned ones are its children, forked ones the fork server's."""
+    import psutil
+
+    pids = []
+    for child in psutil.Process(worker_pid).children():
+        command = " ".join(child.cmdline())
+        if "multiprocessing.forkserver" in command:
+            pids += [grandchild.pid for grandchild in child.children()]
+        elif "workers.runner.child" in command:
+            pids.append(child.pid)
+    return pids
 
 
 def test_kill9_mid_training_resumes_from_checkpoint_and_publishes_once(dist_settings, resources, start_worker,
@@ -153,7 +168,7 @@ def test_cancel_mid_training_stops_within_10s_and_registers_nothing(dist_setting
     job_id = _train(dist_settings, dataset_id, epochs=200)
     wait_for(lambda: int((resources.ledger.get(job_id).progress or {}).get("step", 0)) >= 2, 180,
              "training to pass step 2")
-    children = _child_pids(worker.pid)
+    children = _job_pids(worker.pid)
     assert children
     started = time.monotonic()
     assert resources.ledger.request_cancel(job_id) is JobState.running

@@ -74,6 +74,9 @@ def test_a_pipeline_fisher_is_accepted_by_its_train_step(cycles):
     assert meta["fisher_id"] == result["fisher_id"] and not any("ewc off" in n for n in meta["notes"])
     assert meta["train"]["penalty_ratio"].get("ewc") is not None  # EWC ran with that Fisher
     assert v1 != v2
+    # Where it trained and the memory it took, for sizing a machine (README: memory and precision).
+    assert trained["device"] == "cpu (float32)" and trained["peak_memory_mib"]["rss"] > 100
+    assert "cuda" not in trained["peak_memory_mib"]
 
 
 def test_train_refuses_a_fisher_of_another_adapter_or_space(cycles):
