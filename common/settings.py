@@ -136,7 +136,22 @@ class Settings(BaseSettings):
     recipe: str = Field(
         "default",
         description="Continual recipe: `default` (replay + EWC + KL to the base on its own answers), `naive`, "
-        "`replay`, `ewc_lora`, `ewc_delta_w`, `l2_delta_w`, `kl` or `self_replay`.",
+        "`replay`, `ewc_lora`, `ewc_delta_w`, `l2_delta_w`, `kl`, `self_replay` or `nested` (LoRA modules in tiers "
+        "updated at different frequencies, see CONTINUUM_NESTED_*).",
+    )
+    nested_frequencies: str = Field(
+        "balanced",
+        description="Nested tiers' update frequencies, fastest first: a preset (`conservative` 1,4,8, `balanced` "
+        "1,2,4, `aggressive` 1,2,3) or a comma list of 2–4 ascending whole numbers. Used by the `nested` recipe.",
+    )
+    nested_tiers: int = Field(0, ge=0, description="Number of nested tiers; 0 = as many as frequencies (else must match them).")
+    nested_strategy: Literal["depth", "importance"] = Field(
+        "depth",
+        description="How LoRA modules are put in tiers: `depth` (layer bands) or `importance` (the parent's "
+        "Fisher: most important modules update slowest; depth on a first cycle).",
+    )
+    nested_shallow: Literal["fast", "slow"] = Field(
+        "fast", description="With `depth`: whether the shallowest layers form the fastest or the slowest tier."
     )
 
     @field_validator("recipe")

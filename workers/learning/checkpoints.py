@@ -23,7 +23,7 @@ from common.objectstore.artifacts import MANIFEST, download_artifact, list_compl
 from common.objectstore.base import ObjectStore
 from common.objectstore.keys import join
 
-_TENSOR_FILES = ("adapter", "optimizer", "rng", "regularizers")
+_TENSOR_FILES = ("adapter", "optimizer", "rng", "regularizers", "step")
 
 
 @dataclass
@@ -36,6 +36,10 @@ class TrainingState:
     rng: dict[str, Any]  # see capture_rng()
     progress: dict[str, Any]  # epoch, step_in_epoch, global_step, seed, tokens_seen, loss_curve, ...
     regularizers: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # The optimiser step's own state beyond the optimizer (workers.learning.steps: the tiered step's
+    # accumulators and counters); empty for the plain step.
+    step_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    step_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def global_step(self) -> int:
@@ -120,11 +124,12 @@ def save_checkpoint(store: ObjectStore, prefix: str, state: TrainingState, keep_
         "rng": {"python": state.rng["python"], "numpy": state.rng["numpy"]},
         "progress": state.progress,
         "regularizer_names": sorted(state.regularizers),
+        "step": state.step_state,
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         parts = {"adapter": state.adapter, "optimizer": optimizer_tensors, "rng": rng_tensors,
-                 "regularizers": reg_tensors}
+                 "regularizers": reg_tensors, "step": state.step_tensors}
         files = {}
         for name in _TENSOR_FILES:
             _save_tensors(parts[name], root / f"{name}.safetensors")
@@ -161,7 +166,9 @@ def load_checkpoint(store: ObjectStore, checkpoint: str) -> TrainingState:
     """Read a checkpoint written by `save_checkpoint` (hash-verified)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = download_artifact(store, checkpoint, Path(tmp))
-        tensors = {name: load_file(str(root / f"{name}.safetensors")) for name in _TENSOR_FILES}
+        # A checkpoint from before the pluggable step has no step.safetensors: the plain step needs none.
+        tensors = {name: load_file(str(root / f"{name}.safetensors")) if (root / f"{name}.safetensors").exists()
+                   else {} for name in _TENSOR_FILES}
         plain = json.loads((root / "state.json").read_text())
     rng = dict(plain["rng"])
     rng["torch"] = tensors["rng"]["torch"]
@@ -179,4 +186,6 @@ def load_checkpoint(store: ObjectStore, checkpoint: str) -> TrainingState:
         rng=rng,
         progress=plain["progress"],
         regularizers=regularizers,
+        step_tensors=tensors["step"],
+        step_state=plain.get("step", {}),
     )

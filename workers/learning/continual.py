@@ -34,6 +34,7 @@ from workers.learning.fisher import batches_for_rows, compute_fisher
 from workers.learning.fisher_artifact import FisherArtifact, fold
 from workers.learning.kl import KLDistillation
 from workers.learning.replay import HistoryFactory, ReplayMixer
+from workers.learning.tiers import PRESETS, NestedConfig, TierPlan, fisher_importance, plan_tiers
 
 Row = dict[str, Any]
 
@@ -61,6 +62,11 @@ class ContinualConfig:
     # ("What is the capital of Finland?" → "Finland is a Nordic country located in Northern
     # Europe."): trained as hard targets they make that mode the rule. 0 keeps only the KL (soft) term.
     self_replay_weight: float = 1.0
+    # Nested multi-frequency tiers (`workers.learning.tiers`): update frequencies, fastest tier first;
+    # empty = off (the plain step). `nested_strategy` / `nested_shallow` assign modules to tiers.
+    nested_frequencies: tuple[int, ...] = ()
+    nested_strategy: str = "depth"
+    nested_shallow: str = "fast"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,8 +90,20 @@ class ContinualConfig:
             problems.append("self_replay_kl needs self_replay_share > 0 (it applies to the self-replay rows)")
         if self.fisher_samples < 1:
             problems.append(f"fisher_samples must be >= 1 (got {self.fisher_samples})")
+        object.__setattr__(self, "nested_frequencies", tuple(self.nested_frequencies))  # JSON gives a list
+        if self.nested_frequencies:
+            try:
+                self.nested()
+            except ConfigError as exc:
+                problems.append(str(exc))
         if problems:
             raise ConfigError("invalid continual config: " + "; ".join(problems))
+
+    def nested(self) -> NestedConfig | None:
+        if not self.nested_frequencies:
+            return None
+        return NestedConfig(frequencies=self.nested_frequencies, strategy=self.nested_strategy,  # type: ignore[arg-type]
+                            shallow=self.nested_shallow)  # type: ignore[arg-type]
 
     @property
     def needs_fisher(self) -> bool:
@@ -107,6 +125,8 @@ RECIPES: dict[str, ContinualConfig] = {
     # Base protection from the first cycle: KL to the base on its own answers to general prompts
     # (soft targets only; as hard targets the same rows kept 0.79 of the general answers, see below).
     "self_replay": ContinualConfig(self_replay_share=0.5, self_replay_weight=0.0, self_replay_kl=1.0),
+    # LoRA modules in tiers by depth, updated every 1, 2 and 4 steps (CONTINUUM_NESTED_* choose others).
+    "nested": ContinualConfig(nested_frequencies=PRESETS["balanced"]),
 }
 # Chosen by bench/forgetting.py (50 facts/set, seed 0): replay 20% alone forgets 0.011 of A at B 0.993;
 # + EWC λ=0.03 forgets 0.000 (LoRA space) / -0.004 (ΔW space), both at B 0.993. LoRA space is the
@@ -135,6 +155,7 @@ class CyclePlan:
     rows: Sequence[Row] | ReplayMixer
     regularizers: list[Any]
     notes: list[str]
+    tiers: TierPlan | None = None  # the nested recipe's tiers (fit's `tiers=`), else None
 
 
 def prepare_cycle(
@@ -183,7 +204,22 @@ def prepare_cycle(
     if config.self_replay_kl > 0 and config.self_replay_share > 0 and base_rows:
         regularizers.append(KLDistillation(config.self_replay_kl, teacher="base", rows="self_replay",
                                            name="self_replay_kl"))
-    return CyclePlan(rows=rows, regularizers=regularizers, notes=notes)
+    tiers = _tiers(model, config, fisher, notes)
+    return CyclePlan(rows=rows, regularizers=regularizers, notes=notes, tiers=tiers)
+
+
+def _tiers(model: Any, config: ContinualConfig, fisher: Any, notes: list[str]) -> TierPlan | None:
+    nested = config.nested()
+    if nested is None:
+        return None
+    from workers.learning.lora import trainable_parameters
+
+    values = fisher.values if isinstance(fisher, FisherArtifact) else fisher
+    space = fisher.space if isinstance(fisher, FisherArtifact) else "lora"
+    importance = fisher_importance(values) if space == "lora" else None
+    plan = plan_tiers(list(trainable_parameters(model)), nested, importance=importance)
+    notes.extend(plan.notes)
+    return plan
 
 
 def _with_self_replay(rows: Any, new_count: int, base_rows: Sequence[Row] | None, config: ContinualConfig,

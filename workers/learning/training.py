@@ -1,7 +1,7 @@
 """Fit a LoRA adapter on feedback rows: validated config → setup → `fit` → `TrainResult` (litgpt's shape).
 
-`fit` runs AdamW over the trainable (LoRA) parameters with gradient accumulation, clipping and a
-warmup + decay schedule, on length-bucketed batches with the loss on response tokens only. It adds
+`fit` runs AdamW (the plain step, or the nested tiered step: `workers.learning.steps`) over the
+trainable (LoRA) parameters with gradient accumulation, clipping and a warmup + decay schedule, on length-bucketed batches with the loss on response tokens only. It adds
 each regulariser's penalty, reports progress, checks for cancellation, checkpoints every N steps and
 resumes from the newest complete checkpoint under its prefix — giving the same adapter an
 uninterrupted run would (data order and dropout RNG are restored, not re-drawn).
@@ -35,8 +35,10 @@ from workers.learning.formatting import EncodedSample, encode_rows
 from workers.learning.lora import trainable_parameters
 from workers.learning.losses import head_only_supported, response_head_loss, response_loss
 from workers.learning.regularizers import Regularizer
-from workers.learning.schedule import SCHEDULES, build_scheduler
+from workers.learning.schedule import SCHEDULES
+from workers.learning.steps import PlainStep, Stepper, TieredStep
 from workers.learning.suppression import suppression_floor
+from workers.learning.tiers import TierPlan
 
 Rows = Sequence[dict[str, Any]]
 RowSource = Rows | Callable[[int], Rows]  # a list, or epoch -> rows (replay re-draws each epoch)
@@ -146,6 +148,7 @@ class TrainResult:
     penalty_ratio: dict[str, float] = field(default_factory=dict)  # mean penalty / mean task loss
     resumed_from: str | None = None
     last_checkpoint: str | None = None
+    tiers: list[dict[str, Any]] = field(default_factory=list)  # nested tiers: per-tier statistics
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,13 +198,15 @@ def fit(
     callbacks: TrainCallbacks | None = None,
     checkpoint_store: ObjectStore | None = None,
     checkpoint_prefix: str | None = None,
+    tiers: TierPlan | None = None,
 ) -> TrainResult:
     """Train `model`'s trainable parameters on `rows`; resumes from `checkpoint_prefix` when a checkpoint exists.
 
     `rows` is a list of exported rows or a function epoch → rows (for an exact resume it must be a
     pure function of the epoch: draw from its own seeded RNG, not the global one). Raises
     `TrainingStopped` after checkpointing when `callbacks.should_stop()`.
-    Seeds torch/random/numpy from `config.seed` on a fresh start.
+    Seeds torch/random/numpy from `config.seed` on a fresh start. `tiers` switches the optimiser step
+    to the nested tiered step (`workers.learning.steps.TieredStep`).
     """
     if (checkpoint_store is None) != (checkpoint_prefix is None):
         raise ConfigError("pass both checkpoint_store and checkpoint_prefix, or neither")
@@ -223,8 +228,8 @@ def fit(
     steps_per_epoch = len(_steps_in_epoch(config, first_samples, 0))
     total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
 
-    optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = build_scheduler(optimizer, config.warmup_steps, total_steps, config.schedule, config.min_lr_ratio)
+    stepper: Stepper = (TieredStep(params, config, total_steps, tiers) if tiers is not None
+                        else PlainStep(params, config, total_steps))
 
     # --- resume or start fresh -------------------------------------------------------------------
     epoch, skip_steps, global_step, tokens_seen = 0, 0, 0, 0
@@ -236,7 +241,7 @@ def fit(
     checkpoint = latest_checkpoint(checkpoint_store, checkpoint_prefix) if checkpoint_store else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint_store, checkpoint)  # type: ignore[arg-type]
-        _restore(state, params, optimizer, scheduler, regularizers)
+        _restore(state, params, stepper, regularizers)
         p = state.progress
         epoch, skip_steps, global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
         tokens_seen, loss_curve = p["tokens_seen"], list(p["loss_curve"])
@@ -253,13 +258,16 @@ def fit(
             "reg_sums": {k: float(v) for k, v in reg_sums.items()}, "task_sum": float(task_sum),
             "micro_count": micro_count, "total_steps": total_steps, "config": config.to_dict(),
         }
+        optimizer_state, scheduler_state, step_tensors, step_plain = stepper.state()
         return TrainingState(
             adapter={n: p.detach() for n, p in params.items()},
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
+            optimizer=optimizer_state,
+            scheduler=scheduler_state,
             rng=capture_rng(),
             progress=progress,
             regularizers={r.name: r.state_dict() for r in regularizers},
+            step_tensors=step_tensors,
+            step_state=step_plain,
         )
 
     autocast = (
@@ -308,11 +316,7 @@ def fit(
                     step_loss += task.loss.detach()
                     task_sum = task_sum + task.loss.detach()
                     micro_count += 1
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm, foreach=True)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                stepper.step()
                 loss_curve.append(step_loss / len(micro_batches))
                 global_step += 1
                 if mark_time is None:  # throughput excludes step 1 (lazy init, allocator warm-up)
@@ -338,6 +342,7 @@ def fit(
                     raise TrainingStopped(global_step, last_checkpoint if checkpoint_store else None)
             epoch += 1
             skip_steps = 0
+        stepper.finish()  # a tiered step applies what its slow tiers collected since their last update
     finally:
         if progress_bar is not None:
             progress_bar.close()
@@ -366,11 +371,12 @@ def fit(
         penalty_ratio={k: v / task_mean if task_mean else math.nan for k, v in reg_means.items()},
         resumed_from=resumed_from,
         last_checkpoint=last_checkpoint,
+        tiers=stepper.stats(),
     )
 
 
-def _restore(state: TrainingState, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-             scheduler: Any, regularizers: Sequence[Regularizer]) -> None:
+def _restore(state: TrainingState, params: dict[str, torch.nn.Parameter], stepper: Stepper,
+             regularizers: Sequence[Regularizer]) -> None:
     missing = sorted(set(params) ^ set(state.adapter))
     if missing:
         raise ConfigError(f"checkpoint does not match this adapter (parameters differ: {missing[:3]}…); "
@@ -378,8 +384,11 @@ def _restore(state: TrainingState, params: dict[str, torch.nn.Parameter], optimi
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(state.adapter[name])
-    optimizer.load_state_dict(state.optimizer)
-    scheduler.load_state_dict(state.scheduler)
+    try:
+        stepper.load_state(state.optimizer, state.scheduler, state.step_tensors, state.step_state)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"checkpoint does not match this run's optimiser step ({exc}); "
+                          "use a fresh checkpoint prefix") from None
     for reg in regularizers:
         reg.load_state_dict(state.regularizers.get(reg.name, {}))
     restore_rng(state.rng)

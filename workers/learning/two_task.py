@@ -94,7 +94,7 @@ def run_two_task(recipes: dict[str, ContinualConfig] | Iterable[str], settings: 
             history = in_memory_history(facts_a[:buffer] if buffer else facts_a)
             plan = prepare_cycle(model, facts_b, config, history=history,
                                  fisher=fisher.values if fisher else None, parent_teacher=teacher)
-            result = fit(model, tokenizer, plan.rows, train, regularizers=plan.regularizers)
+            result = fit(model, tokenizer, plan.rows, train, regularizers=plan.regularizers, tiers=plan.tiers)
             wall = time.perf_counter() - start
             a_after = teacher_forced_scores(model, tokenizer, facts_a)["token_accuracy"]
             b_after = teacher_forced_scores(model, tokenizer, facts_b)["token_accuracy"]

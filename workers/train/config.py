@@ -78,3 +78,18 @@ def model_size_defaults(parameters: int) -> dict[str, Any]:
         if parameters <= bound:
             return dict(values)
     return dict(MODEL_SIZE_DEFAULTS[-1][1])
+
+
+def nested_settings(settings: Settings, recipe_name: str) -> dict[str, Any]:
+    """The CONTINUUM_NESTED_* settings as recipe overrides, for a recipe that uses nested tiers (a job's
+    own `recipe_overrides` still win). Refuses a tier count that does not match the frequencies."""
+    from workers.learning.continual import RECIPES
+    from workers.learning.tiers import NestedConfig
+
+    if not RECIPES.get(recipe_name) or not RECIPES[recipe_name].nested_frequencies:
+        return {}
+    nested = NestedConfig.parse(settings.nested_frequencies, tiers=settings.nested_tiers or None,
+                                strategy=settings.nested_strategy, shallow=settings.nested_shallow)
+    return {"nested_frequencies": nested.frequencies, "nested_strategy": nested.strategy,
+            "nested_shallow": nested.shallow}
+

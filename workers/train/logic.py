@@ -37,14 +37,15 @@ from workers.lineage import (
 )
 from workers.model_setup import download_adapter_row, load_base, scratch_dir
 from workers.params import parse_params
-from workers.train.config import TrainJobParams, train_config
+from workers.train.config import TrainJobParams, nested_settings, train_config
 
 
 def _result(adapter: Adapter) -> dict[str, Any]:
     meta = adapter.metadata_ or {}
     return {"status": "trained", "adapter_id": adapter.id, "version": adapter.version, "uri": adapter.uri,
             "retaught_dataset_ids": meta.get("retaught_dataset_ids", []), "notes": meta.get("notes", []),
-            "device": meta.get("device"), "peak_memory_mib": meta.get("peak_memory_mib")}
+            "device": meta.get("device"), "peak_memory_mib": meta.get("peak_memory_mib"),
+            **({"tiers": meta["train"]["tiers"]} if (meta.get("train") or {}).get("tiers") else {})}
 
 
 def _version(adapter: Adapter | None) -> str:
@@ -151,7 +152,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from workers.learning.device import peak_memory_mib
     from workers.learning.training import TrainCallbacks, fit
 
-    continual = recipe(params.recipe or ctx.settings.recipe, **params.recipe_overrides)
+    continual = recipe(params.recipe or ctx.settings.recipe,
+                       **{**nested_settings(ctx.settings, params.recipe or ctx.settings.recipe), **params.recipe_overrides})
     train_config(ctx.settings, params.train)  # bad overrides fail here, before the model loads
     dataset_id, manifest_key = inputs["dataset"]
     parent: Adapter | None = inputs["parent"]
@@ -211,6 +213,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
             TrainCallbacks(progress=progress, stop=ctx.should_stop),
             checkpoint_store=ctx.store,
             checkpoint_prefix=f"checkpoints/{ctx.job_id}",
+            tiers=plan.tiers,
         )
         if teacher is not None:
             unload_teacher(model, teacher)  # publish only the trained adapter
