@@ -185,7 +185,7 @@ def run_rounds(
             plan = prepare_cycle(model, rows, config, history=history, fisher=fisher, parent_teacher=teacher,
                                  epochs=settings.epochs, base_rows=base_rows)
             run.notes += [f"round {index + 1}: {n}" for n in plan.notes]
-            fit(model, tokenizer, plan.rows, train, regularizers=plan.regularizers)
+            fit(model, tokenizer, plan.rows, train, regularizers=plan.regularizers, tiers=plan.tiers)
             if teacher is not None:
                 unload_teacher(model, teacher)
             fisher = finish_cycle(model, tokenizer, rows, config)

@@ -21,3 +21,14 @@ def test_default_recipe_keeps_a_while_learning_b():
     assert naive.forgetting_a >= 0.4  # the naive recipe forgets A heavily
     assert default.forgetting_a <= 0.05
     assert default.b_after >= 0.95 * naive.b_after
+
+
+@pytest.mark.slow  # two training runs of 40 epochs on the tiny model
+def test_nested_tiers_forget_less_than_naive():
+    """Issue 11: the slow tiers of the `nested` recipe hold A better than plain continued LoRA."""
+    from workers.learning.continual import RECIPES
+
+    naive, nested = run_two_task({"naive": NAIVE, "nested": RECIPES["nested"]}, SETTINGS)
+    print(f"forgetting of A: naive {naive.forgetting_a:.3f}, nested {nested.forgetting_a:.3f}; "
+          f"B: naive {naive.b_after:.3f}, nested {nested.b_after:.3f}")
+    assert nested.forgetting_a < naive.forgetting_a
