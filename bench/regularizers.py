@@ -8,7 +8,7 @@ what `training.fit` does per step) for every variant in turn, on the same batch;
 medians. Interleaving matters on a shared machine: load changes hit every variant alike.
 Replay does not make a step slower but makes epochs longer and re-draws + re-encodes each epoch; its row
 is plain-step time plus that per-epoch work spread over the epoch's steps.
-Target (issue 3): EWC <= 5% over plain LoRA.
+Targets: EWC <= 5% over plain LoRA (issue 3); the nested recipe's tiered step <= 1.05x plain (issue 11).
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+
+class _StepConfig:
+    """What PlainStep / TieredStep read of a TrainConfig: a constant small LR, clipping at 1."""
+
+    learning_rate, weight_decay, warmup_steps, schedule, min_lr_ratio, max_grad_norm = 1e-5, 0.0, 0, "constant", 1.0, 1.0
 
 
 def main() -> None:
@@ -42,7 +48,9 @@ def main() -> None:
     from workers.learning.lora import LoraSettings, attach_adapter
     from workers.learning.losses import response_loss
     from workers.learning.replay import ReplayMixer, in_memory_history
+    from workers.learning.steps import PlainStep, TieredStep
     from workers.learning.synthetic import make_feedback_like
+    from workers.learning.tiers import NestedConfig, plan_tiers
     from workers.learning.tiny import build_tiny_model, build_tokenizer
 
     tokenizer = build_tokenizer(0)
@@ -57,8 +65,11 @@ def main() -> None:
     old_batches = batches_for_rows(old[:32], tokenizer, batch_size=8)
     fisher_lora = compute_fisher(model, old_batches, space="lora")
     fisher_dw = compute_fisher(model, old_batches, space="delta_w")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    plain_step = PlainStep(named, _StepConfig(), total_steps=10**6)
+    # The nested recipe's step: tiers by depth updated every 1, 2, 4 steps, slow tiers accumulating.
+    tiered_step = TieredStep(named, _StepConfig(), total_steps=10**6,
+                             plan=plan_tiers(list(named), NestedConfig(frequencies=(1, 2, 4))))
     batch = collate(encode_rows(rows[:8], tokenizer, 4 * args.tokens), tokenizer.pad_token_id)
 
     variants = {
@@ -67,30 +78,32 @@ def main() -> None:
         "EWC (ΔW space, Fisher)": [EWC.from_model(model, fisher_dw, 1.0, space="delta_w")],
         "L2 on ΔW": [EWC.from_model(model, None, 1.0, space="delta_w")],
         "KL to base": [KLDistillation(1.0)],
+        "nested tiers 1,2,4 (tiered step)": [],
     }
+    steppers = {label: plain_step for label in variants}
+    steppers["nested tiers 1,2,4 (tiered step)"] = tiered_step
     model.train()
 
-    def step(regularizers) -> float:
+    def step(label: str) -> float:
+        regularizers = variants[label]
         start = time.perf_counter()
         outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         loss = response_loss(outputs.logits, batch["labels"], batch["sample_weight"]).loss
         for reg in regularizers:
             loss = loss + reg.loss(model, batch, outputs)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        steppers[label].step()  # clip, AdamW (per tier for the tiered step), schedule, zero grads
         return time.perf_counter() - start
 
-    for regs in variants.values():  # warm-up
-        step(regs)
+    for label in variants:  # warm-up
+        step(label)
     times: dict[str, list[float]] = {label: [] for label in variants}
     for i in range(args.iters):
         order = list(variants.items())
         if i % 2:
             order.reverse()  # alternate the order so no variant always runs right after another
-        for label, regs in order:
-            times[label].append(step(regs))
+        for label, _ in order:
+            times[label].append(step(label))
     median = {label: statistics.median(v) for label, v in times.items()}
 
     # The penalty alone (forward + backward), interleaved with plain steps: a precise figure when the

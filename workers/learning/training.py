@@ -123,10 +123,17 @@ class TrainCallbacks:
 
     progress: Callable[[int, int, float, float], None] | None = None
     stop: Callable[[], bool] | None = None
+    # Called just before each progress report with what the run's step has to say (the nested tiers'
+    # per-tier statistics, {"tiers": [...]}); nothing is called for the plain step.
+    details: Callable[[dict[str, Any]], None] | None = None
 
     def on_progress(self, step: int, total: int, loss: float, tokens_per_s: float) -> None:
         if self.progress is not None:
             self.progress(step, total, loss, tokens_per_s)
+
+    def on_details(self, details: dict[str, Any]) -> None:
+        if self.details is not None and details:
+            self.details(details)
 
     def should_stop(self) -> bool:
         return bool(self.stop()) if self.stop is not None else False
@@ -328,6 +335,9 @@ def fit(
                     rate = (tokens_seen - window_tokens) / max(now - window_time, 1e-9)
                     window_time, window_tokens = now, tokens_seen
                     loss_value = float(loss_curve[-1])
+                    tier_stats = stepper.stats()
+                    if tier_stats:
+                        callbacks.on_details({"tiers": tier_stats})
                     callbacks.on_progress(global_step, total_steps, loss_value, rate)
                     if progress_bar is not None:
                         progress_bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate:.0f}")

@@ -201,8 +201,13 @@ def run(ctx: JobContext) -> dict[str, Any]:
             base_rows=base_protection_rows(continual, ctx.store, str(loaded.base_model), model, loaded.tokenizer),
         )
 
+        details: dict[str, Any] = {}
+
         def progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
-            ctx.report_progress({"step": step, "total": total, "loss": loss, "tokens_per_s": tokens_per_s})
+            tiers = [{"tier": t["tier"], "updates": t["updates"], "mean_update_norm": round(t["mean_update_norm"], 5)}
+                     for t in details.get("tiers", [])]
+            ctx.report_progress({"step": step, "total": total, "loss": loss, "tokens_per_s": tokens_per_s,
+                                 **({"tiers": tiers} if tiers else {})})
 
         result = fit(
             model,
@@ -210,7 +215,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
             plan.rows,
             config,
             plan.regularizers,
-            TrainCallbacks(progress=progress, stop=ctx.should_stop),
+            TrainCallbacks(progress=progress, stop=ctx.should_stop, details=details.update),
             checkpoint_store=ctx.store,
             checkpoint_prefix=f"checkpoints/{ctx.job_id}",
             tiers=plan.tiers,

@@ -145,7 +145,10 @@ def _depth_plan(frequencies=(1, 2, 4), accumulate=True):
 
 def test_slow_tiers_move_less_per_step_than_fast_tiers(tokenizer, facts):
     start = {n: p.detach().clone() for n, p in trainable_parameters(narrow_lora_model(seed=0)).items()}
-    model, result, tiers = _train(tokenizer, facts[0], _depth_plan())
+    reported: list[dict] = []
+    model, result, tiers = _train(tokenizer, facts[0], _depth_plan(),
+                                  callbacks=TrainCallbacks(details=reported.append))
+    assert reported and [t["updates"] for t in reported[-1]["tiers"]] == [24, 12, 6]  # progress sees them
     moved = [0.0, 0.0, 0.0]
     sizes = [0, 0, 0]
     for name, param in trainable_parameters(model).items():
