@@ -46,6 +46,8 @@ class VersionPoint:
     kl_drift: float | None = None
     passed_gate: bool | None = None
     loss_curve: tuple[float, ...] = ()
+    # Nested recipe: (frequency, updates, mean update norm) per tier, fastest first; () otherwise.
+    tiers: tuple[tuple[int, int, float], ...] = ()
 
     @property
     def label(self) -> str:
@@ -192,7 +194,21 @@ def _version_point(adapter: Adapter, evaluation: Evaluation | None) -> VersionPo
         kl_drift=_number(headline["kl_drift"]),
         passed_gate=evaluation.passed_gate if evaluation is not None else None,
         loss_curve=loss_curve(adapter, metrics),
+        tiers=tier_stats(adapter),
     )
+
+
+def tier_stats(adapter: Adapter) -> tuple[tuple[int, int, float], ...]:
+    """The nested tiers' statistics from the adapter's training metrics (`train.tiers`)."""
+    train = (adapter.metadata_ or {}).get("train")
+    raw = train.get("tiers") if isinstance(train, dict) else None
+    if not isinstance(raw, list):
+        return ()
+    stats = []
+    for tier in raw:
+        if isinstance(tier, dict) and {"frequency", "updates", "mean_update_norm"} <= set(tier):
+            stats.append((int(tier["frequency"]), int(tier["updates"]), float(tier["mean_update_norm"])))
+    return tuple(stats)
 
 
 def production_spans(events: list[AliasEvent]) -> list[ProductionSpan]:

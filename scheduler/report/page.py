@@ -35,7 +35,7 @@ figcaption { color: #555; font-size: 0.9rem; }
 
 
 # Left-aligned columns; the rest are numbers.
-_TEXT_COLUMNS = ("version", "created", "datasets", "gate", "status")
+_TEXT_COLUMNS = ("version", "created", "datasets", "tiers", "gate", "status")
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -63,6 +63,8 @@ def summary_rows(data: ReportData) -> list[dict[str, str]]:
                 "general retention": _fmt(point.general_retention),
                 "KL drift": _fmt(point.kl_drift, 3),
                 "final loss": _fmt(point.loss_curve[-1] if point.loss_curve else None),
+                # Nested tiers: "every f steps: updates × mean update norm", fastest tier first.
+                "tiers": "; ".join(f"every {f}: {n} × {norm:.3f}" for f, n, norm in point.tiers) or "–",
                 "gate": _gate(point),
                 "status": point.status + (f" ({data.alias})" if point.label == holder else ""),
             }

@@ -47,7 +47,11 @@ def populate(session) -> dict[str, int]:
             adapter = Adapter(
                 name=lineage, version=cycle + 1, parent_id=parent, base_model="tiny", uri=f"file:///a/{lineage}/{cycle}",
                 status="candidate", dataset_ids=[d.id for d in datasets[: cycle + 1]],
-                metadata_={"train": {"loss_curve": [3.0 / (1 + 0.3 * s) + 0.1 * cycle for s in range(20)]}},
+                metadata_={"train": {"loss_curve": [3.0 / (1 + 0.3 * s) + 0.1 * cycle for s in range(20)],
+                                     # the nested recipe's per-tier statistics, on the naive lineage here
+                                     **({"tiers": [{"tier": 0, "frequency": 1, "updates": 20, "mean_update_norm": 0.1},
+                                                   {"tier": 1, "frequency": 4, "updates": 5, "mean_update_norm": 0.2}]}
+                                        if lineage == "naive" else {})}},
                 created_at=T0 + timedelta(days=7 * cycle, hours=1),
             )
             session.add(adapter)
@@ -123,7 +127,8 @@ def test_report_files_are_valid_images_and_data_is_right(report):
     v3 = data.lineages["naive"][2]
     assert v3.forgetting_max == pytest.approx(0.45) and v3.forgetting_mean == pytest.approx(0.225)
     assert sorted(v3.accuracy_by_dataset.values()) == pytest.approx([0.272, 0.495, 0.9], abs=1e-3)
-    assert len(v3.loss_curve) == 20
+    assert len(v3.loss_curve) == 20 and v3.tiers == ((1, 20, 0.1), (4, 5, 0.2))
+    assert data.lineages["default"][0].tiers == ()  # a plain-step lineage has no tiers
     new = data.lineages["default"][2]
     assert (new.recall, new.general_retention, new.kl_drift) == pytest.approx((0.9, 0.95, 0.03))
     assert new.forgetting_max == pytest.approx(0.05) and new.forgetting_mean == pytest.approx(0.025)
@@ -142,6 +147,7 @@ def test_report_page_is_self_contained(report):
     assert "plasticity" not in html.lower() and "held-out data" not in html
     assert "probe rows" in html and "never replayed" in html and "general retention" in html
     assert "backward transfer" in html and "-0.08" in html
+    assert "every 1: 20 × 0.100; every 4: 5 × 0.200" in html  # the nested tiers' statistics
 
 
 def test_metric_readers_tolerate_other_shapes():
