@@ -4,7 +4,8 @@
 """
 
 RECIPE_NAMES: tuple[str, ...] = (
-    "naive", "replay", "ewc_lora", "ewc_delta_w", "l2_delta_w", "kl", "self_replay", "nested", "default",
+    "naive", "replay", "ewc_lora", "ewc_delta_w", "l2_delta_w", "kl", "self_replay", "nested", "nested_surprise",
+    "default",
 )
 
 

@@ -136,8 +136,9 @@ class Settings(BaseSettings):
     recipe: str = Field(
         "default",
         description="Continual recipe: `default` (replay + EWC + KL to the base on its own answers), `naive`, "
-        "`replay`, `ewc_lora`, `ewc_delta_w`, `l2_delta_w`, `kl`, `self_replay` or `nested` (LoRA modules in tiers "
-        "updated at different frequencies, see CONTINUUM_NESTED_*).",
+        "`replay`, `ewc_lora`, `ewc_delta_w`, `l2_delta_w`, `kl`, `self_replay`, `nested` (LoRA modules in tiers "
+        "updated at different frequencies, see CONTINUUM_NESTED_*) or `nested_surprise` (the same plus the "
+        "second-order surprise objective).",
     )
     nested_frequencies: str = Field(
         "balanced",

@@ -47,7 +47,7 @@ def _common(json_output: bool, wait: bool, device: str, kind: str, params: dict[
 # Spelled out rather than read from workers.learning.continual (which imports torch: seconds on every
 # CLI call); a unit test checks it names every recipe.
 RECIPE_HELP = ("Continual recipe: default | naive | replay | ewc_lora | ewc_delta_w | l2_delta_w | kl | "
-               "self_replay | nested; default: CONTINUUM_RECIPE.")
+               "self_replay | nested | nested_surprise; default: CONTINUUM_RECIPE.")
 _JSON = typer.Option(False, "--json", help="Machine-readable output.")
 _WAIT = typer.Option(True, "--wait/--no-wait", help="Follow the job until it ends (starts an embedded worker if needed).")
 _DEVICE = typer.Option("auto", "--device", help="auto (best live worker: cuda > mps > cpu), cuda, mps or cpu.")

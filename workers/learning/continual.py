@@ -67,6 +67,12 @@ class ContinualConfig:
     nested_frequencies: tuple[int, ...] = ()
     nested_strategy: str = "depth"
     nested_shallow: str = "fast"
+    # The surprise auxiliary objective (`workers.learning.surprise`): λ (0 = off), every N-th
+    # micro-batch, over these decoder layers (negative = from the last), clip κ per position.
+    surprise_strength: float = 0.0
+    surprise_every: int = 1
+    surprise_layers: tuple[int, ...] = (-2, -1)
+    surprise_clip: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +97,15 @@ class ContinualConfig:
         if self.fisher_samples < 1:
             problems.append(f"fisher_samples must be >= 1 (got {self.fisher_samples})")
         object.__setattr__(self, "nested_frequencies", tuple(self.nested_frequencies))  # JSON gives a list
+        object.__setattr__(self, "surprise_layers", tuple(self.surprise_layers))
+        if self.surprise_strength < 0:
+            problems.append(f"surprise_strength must be >= 0 (got {self.surprise_strength})")
+        if self.surprise_every < 1:
+            problems.append(f"surprise_every must be >= 1 (got {self.surprise_every})")
+        if not self.surprise_clip > 0:
+            problems.append(f"surprise_clip must be > 0 (got {self.surprise_clip})")
+        if self.surprise_strength > 0 and not self.surprise_layers:
+            problems.append("surprise_layers must name at least one layer")
         if self.nested_frequencies:
             try:
                 self.nested()
@@ -114,6 +129,7 @@ class ContinualConfig:
 
 
 NAIVE = ContinualConfig()
+SURPRISE_STRENGTH = 1.0  # not tuned yet: its bench/forgetting.py rows are still to be measured (issue 11)
 # Each mechanism alone, at the strength that measured best on its own (bench/forgetting.py).
 RECIPES: dict[str, ContinualConfig] = {
     "naive": NAIVE,
@@ -127,6 +143,9 @@ RECIPES: dict[str, ContinualConfig] = {
     "self_replay": ContinualConfig(self_replay_share=0.5, self_replay_weight=0.0, self_replay_kl=1.0),
     # LoRA modules in tiers by depth, updated every 1, 2 and 4 steps (CONTINUUM_NESTED_* choose others).
     "nested": ContinualConfig(nested_frequencies=PRESETS["balanced"]),
+    # The same tiers plus the surprise objective on the last two layers (any recipe takes it with
+    # the override surprise_strength > 0).
+    "nested_surprise": ContinualConfig(nested_frequencies=PRESETS["balanced"], surprise_strength=SURPRISE_STRENGTH),
 }
 # Chosen by bench/forgetting.py (50 facts/set, seed 0): replay 20% alone forgets 0.011 of A at B 0.993;
 # + EWC λ=0.03 forgets 0.000 (LoRA space) / -0.004 (ΔW space), both at B 0.993. LoRA space is the
@@ -204,6 +223,15 @@ def prepare_cycle(
     if config.self_replay_kl > 0 and config.self_replay_share > 0 and base_rows:
         regularizers.append(KLDistillation(config.self_replay_kl, teacher="base", rows="self_replay",
                                            name="self_replay_kl"))
+    if config.surprise_strength > 0:
+        from workers.learning.surprise import SurpriseLoss, supports_double_backward
+
+        if supports_double_backward(model):
+            regularizers.append(SurpriseLoss(model, config.surprise_strength, config.surprise_layers,
+                                             config.surprise_every, config.surprise_clip))
+        else:
+            notes.append("surprise off: a 4-bit base cannot backpropagate twice (second-order gradients); "
+                         "train on a 16/32-bit base to use it")
     tiers = _tiers(model, config, fisher, notes)
     return CyclePlan(rows=rows, regularizers=regularizers, notes=notes, tiers=tiers)
 

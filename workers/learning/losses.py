@@ -21,6 +21,11 @@ import torch.nn.functional as F
 
 from workers.learning.formatting import IGNORE_INDEX
 
+
+def _wide(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 for the softmax (half precisions lose too much); float64 stays."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
 # 1 - p is clamped away from 0 so a token the model is already sure of gives a finite loss.
 _MIN_ONE_MINUS_P = 1e-5
 
@@ -54,7 +59,7 @@ def response_loss(
     pred = logits[:, :-1, :]  # (B, K-1, V)
     mask = targets != IGNORE_INDEX  # (B, K-1)
     nll = F.cross_entropy(
-        pred.reshape(-1, pred.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        _wide(pred.reshape(-1, pred.size(-1))), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     ).view(batch, -1)  # (B, K-1) −log p(token); 0 where masked
 
     terms = nll
@@ -88,7 +93,7 @@ def selected_response_loss(
 
     logits (N, V) predict targets (N,); rows (N,) says which sample each belongs to; token_weight (N,).
     """
-    nll = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    nll = F.cross_entropy(_wide(logits), targets, reduction="none")  # (N,)
     terms = nll
     counts = torch.bincount(rows, minlength=batch_size)  # (B,)
     if unlikelihood is not None:
@@ -111,7 +116,7 @@ def mean_response_logprob_per_row(logits: torch.Tensor, labels: torch.Tensor) ->
     aligned with the inputs (position t predicts token t + 1)."""
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != IGNORE_INDEX
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logp = torch.log_softmax(_wide(logits[:, :-1]), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 

@@ -357,6 +357,10 @@ def fit(
         if progress_bar is not None:
             progress_bar.close()
         model.train(was_training)
+        for reg in regularizers:  # e.g. the surprise term's forward hooks: gone once training ends
+            close = getattr(reg, "close", None)
+            if close is not None:
+                close()
 
     end, end_cpu = time.perf_counter(), time.process_time()
     if mark_time is not None and global_step > 1 and end > mark_time:
