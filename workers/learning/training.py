@@ -214,145 +214,42 @@ def fit(
     `TrainingStopped` after checkpointing when `callbacks.should_stop()`.
     Seeds torch/random/numpy from `config.seed` on a fresh start. `tiers` switches the optimiser step
     to the nested tiered step (`workers.learning.steps.TieredStep`).
+
+    The loop reads setup → step → report → checkpoint: `_Run` holds what a run needs and where it is
+    (`_Tally`, checkpointed whole), `_Throughput` the clocks.
     """
     if (checkpoint_store is None) != (checkpoint_prefix is None):
         raise ConfigError("pass both checkpoint_store and checkpoint_prefix, or neither")
     callbacks = callbacks or TrainCallbacks()
-    names = [r.name for r in regularizers]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"regulariser names must be unique (got {names})")
-    params = trainable_parameters(model)
-    if not params:
-        raise ConfigError("the model has no trainable parameters: attach a LoRA adapter before fit()")
-    device = next(iter(params.values())).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    need_full_logits = any(getattr(r, "needs_logits", True) for r in regularizers)
-    trim_logits = config.logits_for_response_only and not need_full_logits
-    head_only = trim_logits and head_only_supported(model)
-
-    data = _EpochData(rows, tokenizer, config.max_length)
-    first_samples = data.samples(0)
-    steps_per_epoch = len(_steps_in_epoch(config, first_samples, 0))
-    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
-
-    stepper: Stepper = (TieredStep(params, config, total_steps, tiers) if tiers is not None
-                        else PlainStep(params, config, total_steps))
-
-    # --- resume or start fresh -------------------------------------------------------------------
-    epoch, skip_steps, global_step, tokens_seen = 0, 0, 0, 0
-    loss_curve: list[Any] = []  # detached 0-dim tensors (no sync per step) or floats from a checkpoint
-    reg_sums = {name: 0.0 for name in names}
-    task_sum, micro_count = 0.0, 0
-    resumed_from = None
-    last_checkpoint = None
-    checkpoint = latest_checkpoint(checkpoint_store, checkpoint_prefix) if checkpoint_store else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint_store, checkpoint)  # type: ignore[arg-type]
-        _restore(state, params, stepper, regularizers)
-        p = state.progress
-        epoch, skip_steps, global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
-        tokens_seen, loss_curve = p["tokens_seen"], list(p["loss_curve"])
-        reg_sums.update(p["reg_sums"])
-        task_sum, micro_count = p["task_sum"], p["micro_count"]
-        resumed_from = last_checkpoint = checkpoint
-    else:
-        _seed_everything(config.seed)
-
-    def snapshot(step_in_epoch: int) -> TrainingState:
-        progress = {
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "seed": config.seed,
-            "tokens_seen": tokens_seen, "loss_curve": [float(x) for x in loss_curve],
-            "reg_sums": {k: float(v) for k, v in reg_sums.items()}, "task_sum": float(task_sum),
-            "micro_count": micro_count, "total_steps": total_steps, "config": config.to_dict(),
-        }
-        optimizer_state, scheduler_state, step_tensors, step_plain = stepper.state()
-        return TrainingState(
-            adapter={n: p.detach() for n, p in params.items()},
-            optimizer=optimizer_state,
-            scheduler=scheduler_state,
-            rng=capture_rng(),
-            progress=progress,
-            regularizers={r.name: r.state_dict() for r in regularizers},
-            step_tensors=step_tensors,
-            step_state=step_plain,
-        )
-
-    autocast = (
-        torch.autocast(device.type, dtype=getattr(torch, config.autocast_dtype))
-        if config.autocast_dtype else contextlib.nullcontext()
-    )
+    run = _Run(model, tokenizer, rows, config, regularizers, tiers)
+    run.resume_or_start(checkpoint_store, checkpoint_prefix)
+    tally = run.tally
+    clock = _Throughput(tally.tokens_seen)
     was_training = model.training
     model.train()
-    progress_bar = _progress_bar(config.show_progress, total_steps, global_step)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    mark_time, mark_cpu, mark_tokens, window_time, window_tokens = None, 0.0, 0, start, tokens_seen
+    progress_bar = _progress_bar(config.show_progress, run.total_steps, tally.global_step)
     try:
-        while global_step < total_steps and (config.max_steps is not None or epoch < config.epochs):
-            samples = first_samples if epoch == 0 else data.samples(epoch)
-            steps = _steps_in_epoch(config, samples, epoch)
-            for step_in_epoch in range(skip_steps, len(steps)):
-                if global_step >= total_steps:
+        while run.more_to_do():
+            samples, steps = run.epoch_plan()
+            for position in range(tally.step_in_epoch, len(steps)):
+                if tally.global_step >= run.total_steps:
                     break
-                micro_batches = steps[step_in_epoch]
-                step_loss = torch.zeros((), device=device)
-                for indices in micro_batches:
-                    chosen = [samples[i] for i in indices]
-                    tokens_seen += sum(len(s) for s in chosen)
-                    batch = batch_to(collate(chosen, pad_id), device)
-                    flagged = batch["unlikelihood"] if any(s.unlikelihood for s in chosen) else None
-                    with autocast:
-                        floor = suppression_floor(model, batch, flagged, config.suppression_margin)
-                        if head_only:  # LM head only where there is loss; outputs carry no logits
-                            task, outputs = response_head_loss(model, batch, flagged, floor), None
-                        else:
-                            keep = 0  # 0 = all positions; else the last `keep` (from the earliest response)
-                            if trim_logits:
-                                width = batch["input_ids"].size(1)
-                                keep = width - min(s.prompt_len for s in chosen) + 1
-                                keep = 0 if keep >= width else keep
-                            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                            use_cache=False, logits_to_keep=keep)
-                            task = response_loss(outputs.logits, batch["labels"], batch["sample_weight"], flagged,
-                                                 stop_below=floor)
-                        total = task.loss
-                        for reg in regularizers:
-                            penalty = reg.loss(model, batch, outputs)
-                            total = total + penalty
-                            reg_sums[reg.name] = reg_sums[reg.name] + penalty.detach()
-                    (total / len(micro_batches)).backward()
-                    step_loss += task.loss.detach()
-                    task_sum = task_sum + task.loss.detach()
-                    micro_count += 1
-                stepper.step()
-                loss_curve.append(step_loss / len(micro_batches))
-                global_step += 1
-                if mark_time is None:  # throughput excludes step 1 (lazy init, allocator warm-up)
-                    mark_time, mark_cpu, mark_tokens = time.perf_counter(), time.process_time(), tokens_seen
+                run.train_step(samples, steps[position])  # forward, backward, the optimiser step
+                tally.step_in_epoch = position + 1
+                clock.step_done(tally.tokens_seen)
                 if progress_bar is not None:
                     progress_bar.update(1)
-                if global_step % config.log_every == 0 or global_step == total_steps:
-                    now = time.perf_counter()
-                    rate = (tokens_seen - window_tokens) / max(now - window_time, 1e-9)
-                    window_time, window_tokens = now, tokens_seen
-                    loss_value = float(loss_curve[-1])
-                    tier_stats = stepper.stats()
-                    if tier_stats:
-                        callbacks.on_details({"tiers": tier_stats})
-                    callbacks.on_progress(global_step, total_steps, loss_value, rate)
-                    if progress_bar is not None:
-                        progress_bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate:.0f}")
-                position = step_in_epoch + 1
-                if config.checkpoint_every and global_step % config.checkpoint_every == 0 and checkpoint_store:
-                    last_checkpoint = save_checkpoint(checkpoint_store, checkpoint_prefix, snapshot(position),
-                                                      config.keep_checkpoints)
-                if global_step % config.cancel_check_every == 0 and callbacks.should_stop():
+                if tally.global_step % config.log_every == 0 or tally.global_step == run.total_steps:
+                    _report(run, clock, callbacks, progress_bar)
+                if config.checkpoint_every and tally.global_step % config.checkpoint_every == 0 and checkpoint_store:
+                    run.save_checkpoint(checkpoint_store, checkpoint_prefix)  # type: ignore[arg-type]
+                if tally.global_step % config.cancel_check_every == 0 and callbacks.should_stop():
                     if checkpoint_store is not None:
-                        last_checkpoint = save_checkpoint(checkpoint_store, checkpoint_prefix, snapshot(position),
-                                                          config.keep_checkpoints)
-                    raise TrainingStopped(global_step, last_checkpoint if checkpoint_store else None)
-            epoch += 1
-            skip_steps = 0
-        stepper.finish()  # a tiered step applies what its slow tiers collected since their last update
+                        run.save_checkpoint(checkpoint_store, checkpoint_prefix)  # type: ignore[arg-type]
+                    raise TrainingStopped(tally.global_step, run.last_checkpoint if checkpoint_store else None)
+            tally.epoch += 1
+            tally.step_in_epoch = 0
+        run.stepper.finish()  # a tiered step applies what its slow tiers collected since their last update
     finally:
         if progress_bar is not None:
             progress_bar.close()
@@ -361,32 +258,216 @@ def fit(
             close = getattr(reg, "close", None)
             if close is not None:
                 close()
+    return run.result(clock)
 
-    end, end_cpu = time.perf_counter(), time.process_time()
-    if mark_time is not None and global_step > 1 and end > mark_time:
-        rate = (tokens_seen - mark_tokens) / (end - mark_time)
-        cpu_rate = (tokens_seen - mark_tokens) / max(end_cpu - mark_cpu, 1e-9)
-    else:
-        rate = tokens_seen / max(end - start, 1e-9)
-        cpu_rate = tokens_seen / max(end_cpu - start_cpu, 1e-9)
-    curve = [float(x) for x in loss_curve]
-    task_mean = float(task_sum) / max(micro_count, 1)
-    reg_means = {k: float(v) / max(micro_count, 1) for k, v in reg_sums.items()}
-    return TrainResult(
-        steps=global_step,
-        total_steps=total_steps,
-        final_loss=curve[-1] if curve else math.nan,
-        loss_curve=curve,
-        tokens_seen=tokens_seen,
-        useful_tokens_per_s=rate,
-        useful_tokens_per_cpu_s=cpu_rate,
-        wall_s=end - start,
-        regularizer_means=reg_means,
-        penalty_ratio={k: v / task_mean if task_mean else math.nan for k, v in reg_means.items()},
-        resumed_from=resumed_from,
-        last_checkpoint=last_checkpoint,
-        tiers=stepper.stats(),
-    )
+
+@dataclass
+class _Tally:
+    """Where a run is and what it has summed: saved in and restored from a checkpoint as one piece."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # the next step of `epoch` to run
+    global_step: int = 0
+    tokens_seen: int = 0
+    loss_curve: list[Any] = field(default_factory=list)  # 0-dim tensors (no sync per step) or floats
+    reg_sums: dict[str, Any] = field(default_factory=dict)
+    task_sum: Any = 0.0
+    micro_count: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "tokens_seen": self.tokens_seen, "loss_curve": [float(x) for x in self.loss_curve],
+                "reg_sums": {k: float(v) for k, v in self.reg_sums.items()}, "task_sum": float(self.task_sum),
+                "micro_count": self.micro_count}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any], names: Sequence[str]) -> _Tally:
+        fields = {k: saved[k] for k in ("epoch", "step_in_epoch", "global_step", "tokens_seen", "task_sum",
+                                         "micro_count")}
+        return cls(loss_curve=list(saved["loss_curve"]), reg_sums={**dict.fromkeys(names, 0.0), **saved["reg_sums"]},
+                   **fields)
+
+
+class _Throughput:
+    """Useful tokens per second: over the whole run without step 1 (lazy initialisation, allocator
+    warm-up), and per progress window."""
+
+    def __init__(self, tokens_seen: int):
+        self.start, self.start_cpu = time.perf_counter(), time.process_time()
+        self.start_tokens = tokens_seen
+        self.mark: tuple[float, float, int] | None = None  # (wall, cpu, tokens) after the first step
+        self.window_time, self.window_tokens = self.start, tokens_seen
+        self.steps = 0
+
+    def step_done(self, tokens_seen: int) -> None:
+        self.steps += 1
+        if self.mark is None:
+            self.mark = (time.perf_counter(), time.process_time(), tokens_seen)
+
+    def window_rate(self, tokens_seen: int) -> float:
+        now = time.perf_counter()
+        rate = (tokens_seen - self.window_tokens) / max(now - self.window_time, 1e-9)
+        self.window_time, self.window_tokens = now, tokens_seen
+        return rate
+
+    def rates(self, tokens_seen: int) -> tuple[float, float, float]:
+        """(tokens/s, tokens per CPU second, wall seconds) for the run so far."""
+        end, end_cpu = time.perf_counter(), time.process_time()
+        if self.mark is not None and self.steps > 1 and end > self.mark[0]:
+            wall, cpu, tokens = self.mark
+            return ((tokens_seen - tokens) / (end - wall), (tokens_seen - tokens) / max(end_cpu - cpu, 1e-9),
+                    end - self.start)
+        return (tokens_seen / max(end - self.start, 1e-9), tokens_seen / max(end_cpu - self.start_cpu, 1e-9),
+                end - self.start)
+
+
+class _Run:
+    """Setup and one step of `fit`: the parameters, data, optimiser step, regularisers and the tally."""
+
+    def __init__(self, model: Any, tokenizer: Any, rows: RowSource, config: TrainConfig,
+                 regularizers: Sequence[Regularizer], tiers: TierPlan | None):
+        names = [r.name for r in regularizers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"regulariser names must be unique (got {names})")
+        self.params = trainable_parameters(model)
+        if not self.params:
+            raise ConfigError("the model has no trainable parameters: attach a LoRA adapter before fit()")
+        self.model, self.config, self.regularizers, self.names = model, config, regularizers, names
+        self.device = next(iter(self.params.values())).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        need_full_logits = any(getattr(r, "needs_logits", True) for r in regularizers)
+        self.trim_logits = config.logits_for_response_only and not need_full_logits
+        self.head_only = self.trim_logits and head_only_supported(model)
+        self.data = _EpochData(rows, tokenizer, config.max_length)
+        self.first_samples = self.data.samples(0)
+        steps_per_epoch = len(_steps_in_epoch(config, self.first_samples, 0))
+        self.total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
+        self.stepper: Stepper = (TieredStep(self.params, config, self.total_steps, tiers) if tiers is not None
+                                 else PlainStep(self.params, config, self.total_steps))
+        self.autocast = (torch.autocast(self.device.type, dtype=getattr(torch, config.autocast_dtype))
+                         if config.autocast_dtype else contextlib.nullcontext())
+        self.tally = _Tally(reg_sums=dict.fromkeys(names, 0.0))
+        self.resumed_from: str | None = None
+        self.last_checkpoint: str | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def resume_or_start(self, store: ObjectStore | None, prefix: str | None) -> None:
+        checkpoint = latest_checkpoint(store, prefix) if store is not None and prefix is not None else None
+        if checkpoint is None:
+            _seed_everything(self.config.seed)
+            return
+        state = load_checkpoint(store, checkpoint)  # type: ignore[arg-type]
+        _restore(state, self.params, self.stepper, self.regularizers)
+        self.tally = _Tally.from_json(state.progress, self.names)
+        self.resumed_from = self.last_checkpoint = checkpoint
+
+    def more_to_do(self) -> bool:
+        return self.tally.global_step < self.total_steps and (
+            self.config.max_steps is not None or self.tally.epoch < self.config.epochs)
+
+    def epoch_plan(self) -> tuple[list[EncodedSample], list[list[list[int]]]]:
+        epoch = self.tally.epoch
+        samples = self.first_samples if epoch == 0 else self.data.samples(epoch)
+        return samples, _steps_in_epoch(self.config, samples, epoch)
+
+    # ------------------------------------------------------------------ step
+
+    def train_step(self, samples: list[EncodedSample], micro_batches: list[list[int]]) -> None:
+        tally = self.tally
+        step_loss = torch.zeros((), device=self.device)
+        for indices in micro_batches:
+            chosen = [samples[i] for i in indices]
+            tally.tokens_seen += sum(len(s) for s in chosen)
+            batch = batch_to(collate(chosen, self.pad_id), self.device)
+            task, total = self._losses(batch, chosen)
+            (total / len(micro_batches)).backward()
+            step_loss += task.detach()
+            tally.task_sum = tally.task_sum + task.detach()
+            tally.micro_count += 1
+        self.stepper.step()
+        tally.loss_curve.append(step_loss / len(micro_batches))
+        tally.global_step += 1
+
+    def _losses(self, batch: dict[str, torch.Tensor], chosen: list[EncodedSample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The task loss of one micro-batch and the total with every regulariser's term (each summed
+        into the tally under its name)."""
+        model, config = self.model, self.config
+        flagged = batch["unlikelihood"] if any(s.unlikelihood for s in chosen) else None
+        with self.autocast:
+            floor = suppression_floor(model, batch, flagged, config.suppression_margin)
+            if self.head_only:  # LM head only where there is loss; outputs carry no logits
+                task, outputs = response_head_loss(model, batch, flagged, floor), None
+            else:
+                keep = 0  # 0 = all positions; else the last `keep` (from the earliest response)
+                if self.trim_logits:
+                    width = batch["input_ids"].size(1)
+                    keep = width - min(s.prompt_len for s in chosen) + 1
+                    keep = 0 if keep >= width else keep
+                outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                use_cache=False, logits_to_keep=keep)
+                task = response_loss(outputs.logits, batch["labels"], batch["sample_weight"], flagged,
+                                     stop_below=floor)
+            total = task.loss
+            for reg in self.regularizers:
+                penalty = reg.loss(model, batch, outputs)
+                total = total + penalty
+                self.tally.reg_sums[reg.name] = self.tally.reg_sums[reg.name] + penalty.detach()
+        return task.loss, total
+
+    # ------------------------------------------------------------------ checkpoint and result
+
+    def save_checkpoint(self, store: ObjectStore, prefix: str) -> None:
+        self.last_checkpoint = save_checkpoint(store, prefix, self.snapshot(), self.config.keep_checkpoints)
+
+    def snapshot(self) -> TrainingState:
+        optimizer_state, scheduler_state, step_tensors, step_plain = self.stepper.state()
+        progress = {**self.tally.as_json(), "seed": self.config.seed, "total_steps": self.total_steps,
+                    "config": self.config.to_dict()}
+        return TrainingState(
+            adapter={n: p.detach() for n, p in self.params.items()},
+            optimizer=optimizer_state,
+            scheduler=scheduler_state,
+            rng=capture_rng(),
+            progress=progress,
+            regularizers={r.name: r.state_dict() for r in self.regularizers},
+            step_tensors=step_tensors,
+            step_state=step_plain,
+        )
+
+    def result(self, clock: _Throughput) -> TrainResult:
+        tally = self.tally
+        rate, cpu_rate, wall = clock.rates(tally.tokens_seen)
+        curve = [float(x) for x in tally.loss_curve]
+        task_mean = float(tally.task_sum) / max(tally.micro_count, 1)
+        reg_means = {k: float(v) / max(tally.micro_count, 1) for k, v in tally.reg_sums.items()}
+        return TrainResult(
+            steps=tally.global_step,
+            total_steps=self.total_steps,
+            final_loss=curve[-1] if curve else math.nan,
+            loss_curve=curve,
+            tokens_seen=tally.tokens_seen,
+            useful_tokens_per_s=rate,
+            useful_tokens_per_cpu_s=cpu_rate,
+            wall_s=wall,
+            regularizer_means=reg_means,
+            penalty_ratio={k: v / task_mean if task_mean else math.nan for k, v in reg_means.items()},
+            resumed_from=self.resumed_from,
+            last_checkpoint=self.last_checkpoint,
+            tiers=self.stepper.stats(),
+        )
+
+
+def _report(run: _Run, clock: _Throughput, callbacks: TrainCallbacks, progress_bar: Any) -> None:
+    """Progress to the callbacks (the job ledger, Flower) and the bar."""
+    rate = clock.window_rate(run.tally.tokens_seen)
+    loss_value = float(run.tally.loss_curve[-1])
+    tier_stats = run.stepper.stats()
+    if tier_stats:
+        callbacks.on_details({"tiers": tier_stats})
+    callbacks.on_progress(run.tally.global_step, run.total_steps, loss_value, rate)
+    if progress_bar is not None:
+        progress_bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{rate:.0f}")
 
 
 def _restore(state: TrainingState, params: dict[str, torch.nn.Parameter], stepper: Stepper,
