@@ -87,8 +87,10 @@ def round_splits(rounds: Sequence[Sequence[Row]], share: float, seed: int = 0) -
 
 
 def _round1_inert(config: ContinualConfig) -> bool:
-    """True when the recipe's first cycle is plain training (nothing to replay or anchor yet)."""
-    return config.self_replay_share == 0 and not (config.kl_strength > 0 and config.kl_teacher == "base")
+    """True when the recipe's first cycle is plain training (nothing to replay or anchor yet). Nested
+    tiers and the surprise term change the first cycle too."""
+    return (config.self_replay_share == 0 and not (config.kl_strength > 0 and config.kl_teacher == "base")
+            and not config.nested_frequencies and config.surprise_strength == 0)
 
 
 def _exact_match(model: Any, tokenizer: Any, rows: Sequence[Row], max_new_tokens: int) -> float:

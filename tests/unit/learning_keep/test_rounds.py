@@ -41,3 +41,12 @@ def test_every_recipe_runs_and_the_table_fits_80_columns(tokenizer):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert all(len(line) <= 80 for line in bench.table(runs, 2))
+
+
+def test_nested_and_surprise_recipes_train_their_own_first_round():
+    """Their first cycle is not plain training, so it must not be shared with naive's."""
+    from workers.learning.continual import RECIPES
+    from workers.learning.rounds import _round1_inert
+
+    assert _round1_inert(RECIPES["naive"]) and _round1_inert(RECIPES["replay"])
+    assert not _round1_inert(RECIPES["nested"]) and not _round1_inert(RECIPES["nested_surprise"])
