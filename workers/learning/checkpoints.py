@@ -167,8 +167,9 @@ def load_checkpoint(store: ObjectStore, checkpoint: str) -> TrainingState:
     with tempfile.TemporaryDirectory() as tmp:
         root = download_artifact(store, checkpoint, Path(tmp))
         # A checkpoint from before the pluggable step has no step.safetensors: the plain step needs none.
-        tensors = {name: load_file(str(root / f"{name}.safetensors")) if (root / f"{name}.safetensors").exists()
-                   else {} for name in _TENSOR_FILES}
+        tensors = {name: load_file(str(root / f"{name}.safetensors")) for name in _TENSOR_FILES
+                   if name != "step" or (root / "step.safetensors").exists()}
+        tensors.setdefault("step", {})
         plain = json.loads((root / "state.json").read_text())
     rng = dict(plain["rng"])
     rng["torch"] = tensors["rng"]["torch"]

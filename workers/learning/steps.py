@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from workers.learning.schedule import build_scheduler
-from workers.learning.tiers import TierPlan
+from workers.learning.tiers import TierPlan, module_of
 
 
 class Stepper(Protocol):
@@ -181,7 +181,7 @@ class TieredStep(PlainStep):
     def stats(self) -> list[dict[str, Any]]:
         return [
             {"tier": tier, "frequency": freq, "parameters": sum(self.params[n].numel() for n in names),
-             "modules": len({n.rsplit(".lora_", 1)[0] for n in names}), "updates": self.updates[tier],
+             "modules": len({module_of(n) for n in names}), "updates": self.updates[tier],
              "mean_update_norm": self.update_norm_sums[tier] / self.updates[tier] if self.updates[tier] else 0.0}
             for tier, (freq, names) in enumerate(zip(self.plan.frequencies, self.tier_names))
         ]

@@ -65,21 +65,18 @@ class NestedConfig:
         object.__setattr__(self, "frequencies", freqs)
 
     @classmethod
-    def parse(cls, frequencies: str | Sequence[int], tiers: int | None = None, strategy: str = "depth",
+    def parse(cls, frequencies: str, tiers: int | None = None, strategy: str = "depth",
               shallow: str = "fast") -> NestedConfig:
         """From settings text: a preset name (`balanced`) or a comma list (`1,2,4`)."""
-        if isinstance(frequencies, str):
-            text = frequencies.strip()
-            if text in PRESETS:
-                freqs: Any = PRESETS[text]
-            else:
-                try:
-                    freqs = tuple(int(part) for part in text.split(",") if part.strip())
-                except ValueError:
-                    raise ConfigError(f"invalid nested tiers: frequencies must be a preset "
-                                      f"({', '.join(PRESETS)}) or a comma list such as 1,2,4 (got {text!r})") from None
+        text = frequencies.strip()
+        if text in PRESETS:
+            freqs: Any = PRESETS[text]
         else:
-            freqs = tuple(frequencies)
+            try:
+                freqs = tuple(int(part) for part in text.split(",") if part.strip())
+            except ValueError:
+                raise ConfigError(f"invalid nested tiers: frequencies must be a preset "
+                                  f"({', '.join(PRESETS)}) or a comma list such as 1,2,4 (got {text!r})") from None
         return cls(frequencies=freqs, strategy=strategy, shallow=shallow, tiers=tiers)  # type: ignore[arg-type]
 
 
@@ -91,12 +88,6 @@ class TierPlan:
     assignment: dict[str, int]  # parameter name → tier index (0 = fastest)
     strategy: str
     notes: list[str] = field(default_factory=list)
-
-    def parameters_per_tier(self, sizes: Mapping[str, int]) -> list[int]:
-        counts = [0] * len(self.frequencies)
-        for name, tier in self.assignment.items():
-            counts[tier] += sizes[name]
-        return counts
 
 
 def module_of(parameter_name: str) -> str:

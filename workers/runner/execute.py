@@ -100,8 +100,9 @@ def execute_job(task: Task, job_id: str, kind: str | None = None, queue: str | N
     state = record_outcome(task.app, ledger, job_id, owner, outcome, token=token,
                            made_progress=_made_progress(job.progress, outcome.progress))
     if outcome.startup_seconds is not None:
-        log.info("job %s (%s) process (%s) ready in %.2fs", job_id, kind.name, outcome.start_method,
-                 outcome.startup_seconds)
+        # Up to the job's code loaded: with torch not preloaded (spawn) its imports still follow.
+        log.info("job %s (%s) process (%s) ready in %.2fs, torch preloaded: %s", job_id, kind.name,
+                 outcome.start_method, outcome.startup_seconds, "yes" if outcome.code_preloaded else "no")
     log.info("job %s (%s) → %s %s", job_id, kind.name, state, outcome.error)
     if job.pipeline_run_id and state != "lease_lost":
         from common.orchestration.pipeline import advance_pipeline  # lazy: only pipeline steps need it

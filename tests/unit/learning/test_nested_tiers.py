@@ -137,7 +137,7 @@ def _train(tokenizer, rows, plan_for=None, steps: int = 24, **fit_kwargs):
     return model, result, tiers
 
 
-def _depth_plan(frequencies=(1, 2, 4), accumulate=True):
+def _depth_plan(frequencies=(1, 2, 4)):
     def plan(model):
         return plan_tiers(list(trainable_parameters(model)), NestedConfig(frequencies=frequencies))
     return plan
@@ -212,3 +212,28 @@ def test_the_nested_recipe_plans_tiers_and_the_plain_recipe_does_not(tokenizer, 
     assert plan.tiers is not None and plan.tiers.frequencies == (1, 2, 4)
     assert set(plan.tiers.assignment) == set(trainable_parameters(model))
     assert prepare_cycle(model, facts[0], NAIVE).tiers is None
+
+
+def test_importance_tiers_come_from_a_real_lora_fisher(tokenizer, facts):
+    """Through prepare_cycle with a Fisher computed on the model (its keys must be the trainable
+    parameters' names): the module with the largest mean Fisher lands in the slowest tier."""
+    from workers.learning.fisher import batches_for_rows, compute_fisher
+    from workers.learning.tiers import fisher_importance
+
+    model = narrow_lora_model(seed=0)
+    with torch.no_grad():  # a trained-looking adapter, so lora_A has a Fisher too
+        for name, param in trainable_parameters(model).items():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    fisher = compute_fisher(model, batches_for_rows(facts[0], tokenizer, batch_size=4), space="lora")
+    config = ContinualConfig(nested_frequencies=(1, 2, 4), nested_strategy="importance")
+    plan = prepare_cycle(model, facts[1], config, fisher=fisher)
+    assert plan.tiers.strategy == "importance" and not plan.notes
+    importance = fisher_importance(fisher)
+    by_module: dict[str, list[float]] = {}
+    for name, value in importance.items():
+        by_module.setdefault(module_of(name), []).append(value)
+    top = max(by_module, key=lambda m: sum(by_module[m]) / len(by_module[m]))
+    bottom = min(by_module, key=lambda m: sum(by_module[m]) / len(by_module[m]))
+    assert {plan.tiers.assignment[n] for n in importance if module_of(n) == top} == {2}
+    assert {plan.tiers.assignment[n] for n in importance if module_of(n) == bottom} == {0}
