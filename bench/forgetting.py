@@ -5,6 +5,7 @@
     python bench/forgetting.py --model tiny                      # the built-in random tiny model
     python bench/forgetting.py --recipes naive,default --rounds 2 --facts 30 --json out.json
     python bench/forgetting.py --extra 'default:self_replay_share=0.6' --lr 5e-4
+    python bench/forgetting.py --extra 'default:nested_frequencies=balanced' --extra 'nested:surprise_layers=-2/-1'
 
 Every recipe starts from the same fresh adapter; each round teaches ~30 invented facts in chat form
 with one-sentence answers (`workers.learning.rounds`). Columns: recall (greedy exact match of the
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from common.nested_frequencies import PRESETS  # noqa: E402
 from workers.learning.continual import RECIPES  # noqa: E402
 from workers.learning.rounds import RecipeRun, RoundSettings, run_rounds  # noqa: E402
 
@@ -40,7 +42,12 @@ def _parse_extra(spec: str):
     for item in filter(None, assignments.split(",")):
         key, _, value = item.partition("=")
         current = getattr(RECIPES[base], key)
-        overrides[key] = type(current)(value) if not isinstance(current, bool) else value.lower() in ("1", "true")
+        if isinstance(current, bool):
+            overrides[key] = value.lower() in ("1", "true")
+        elif isinstance(current, tuple):  # a preset name, or numbers joined by '/' (',' splits the spec)
+            overrides[key] = PRESETS.get(value) or tuple(int(v) for v in value.split("/"))
+        else:
+            overrides[key] = type(current)(value)
     label = base + ("[" + assignments + "]" if assignments else "")
     return label, replace(RECIPES[base], **overrides)
 

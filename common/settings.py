@@ -13,7 +13,7 @@ from typing import Literal
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
@@ -163,6 +163,19 @@ class Settings(BaseSettings):
         if problem := recipe_problem(value):
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _valid_nested_tiers(self) -> Settings:
+        from common.nested_frequencies import frequency_problems, parse_frequencies
+
+        try:
+            problems = frequency_problems(parse_frequencies(self.nested_frequencies), self.nested_tiers or None)
+        except ValueError as exc:
+            problems = [str(exc)]
+        if problems:
+            raise ValueError("CONTINUUM_NESTED_FREQUENCIES / CONTINUUM_NESTED_TIERS: " + "; ".join(problems))
+        return self
+
     train_epochs: int = Field(0, ge=0, description="Epochs per training cycle; 0 = the recipe's default.")
     suppression_margin: float = Field(
         2.0, ge=0,
@@ -430,8 +443,9 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except PydanticValidationError as exc:
-        problems = [
-            f"CONTINUUM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
+        problems = [  # a whole-model check (no loc) names its settings in its own message
+            (f"CONTINUUM_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         ]
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -1,6 +1,7 @@
-"""The `nested` recipe through the real pipeline (`CONTINUUM_RECIPE=nested continuum pipeline run
---wait`, an embedded worker): per-tier statistics in the train job's result, and an adapter that stock
-PEFT loads like every other."""
+"""The `nested` and `nested_surprise` recipes through the real pipeline (`CONTINUUM_RECIPE=nested
+continuum pipeline run --wait`, an embedded worker): per-tier statistics in the train job's result, the
+surprise term's mean in the adapter's training metrics, and an adapter that stock PEFT loads like
+every other."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from tests.integration.distributed.harness import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_nested_recipe_runs_through_the_pipeline_and_its_adapter_loads_in_peft(tmp_path):
+@pytest.mark.parametrize(("recipe", "frequencies", "expected"),
+                         [("nested", "conservative", [1, 4, 8]), ("nested_surprise", "balanced", [1, 2, 4])])
+def test_nested_recipe_runs_through_the_pipeline_and_its_adapter_loads_in_peft(tmp_path, recipe, frequencies,
+                                                                              expected):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_")}
-    env.update(CONTINUUM_HOME=str(tmp_path / "home"), CONTINUUM_RECIPE="nested",
-               CONTINUUM_NESTED_FREQUENCIES="conservative", CONTINUUM_TRAIN_EPOCHS="8")
+    env.update(CONTINUUM_HOME=str(tmp_path / "home"), CONTINUUM_RECIPE=recipe,
+               CONTINUUM_NESTED_FREQUENCIES=frequencies, CONTINUUM_TRAIN_EPOCHS="8")
 
     def cli(*args: str) -> object:
         done = subprocess.run([sys.executable, "-m", "scheduler", *args, "--json"], cwd=REPO, env=env,
@@ -37,11 +41,14 @@ def test_nested_recipe_runs_through_the_pipeline_and_its_adapter_loads_in_peft(t
     assert run["state"] == "succeeded", run
     train = run["steps"]["train"]["result"]
     tiers = train["tiers"]
-    assert [t["frequency"] for t in tiers] == [1, 4, 8]
+    assert [t["frequency"] for t in tiers] == expected
     updates = [t["updates"] for t in tiers]
     assert updates[0] > updates[1] > updates[2] > 0 and sum(t["modules"] for t in tiers) > 0
     # Stock PEFT, no continuum code: the base model folder plus the published adapter folder.
     cli("adapters", "pull", str(train["adapter_id"]), str(tmp_path / "adapter"))
+    metrics = json.loads((tmp_path / "adapter" / "continuum_metadata.json").read_text())["train"]
+    surprise = metrics["regularizer_means"].get("surprise", 0.0)
+    assert (surprise > 0) == (recipe == "nested_surprise"), metrics["regularizer_means"]
     probe = ("from peft import PeftModel; from transformers import AutoModelForCausalLM; import sys; "
              "m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[1]), sys.argv[2]); "
              "print(sum('lora_' in n for n, _ in m.named_parameters()))")

@@ -88,6 +88,26 @@ def test_bad_values_give_one_config_error_naming_each_variable(env):
 
 
 @pytest.mark.parametrize(
+    ("frequencies", "tiers", "fragments"),
+    [("4,2", "3", ["strictly ascending", "tiers is 3 but 2"]), ("0,1", "0", ["whole numbers >= 1"]),
+     ("fast", "0", ["preset (conservative, balanced, aggressive)"]), ("1,2,4,8,16", "0", ["2 to 4 tiers"])],
+)
+def test_nested_tier_settings_are_checked_when_settings_load(env, frequencies, tiers, fragments):
+    env({"CONTINUUM_NESTED_FREQUENCIES": frequencies, "CONTINUUM_NESTED_TIERS": tiers})
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "CONTINUUM_NESTED_FREQUENCIES" in message and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_good_nested_tier_settings_load(env):
+    env({"CONTINUUM_NESTED_FREQUENCIES": "1, 3, 9", "CONTINUUM_NESTED_TIERS": "3"})
+    assert load_settings().nested_frequencies == "1, 3, 9"
+
+
+@pytest.mark.parametrize(
     ("value", "fragment"),
     [("s3://", "bucket"), ("s3:///prefix-only", "bucket"), ("file://", "folder"), ("gs://b/p", "s3://")],
 )

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from common.errors import ConfigError
+from common.nested_frequencies import parse_frequencies
 from workers.learning.evaluation import bounded_sample
 from workers.learning.ewc import EWC
 from workers.learning.fisher import batches_for_rows, compute_fisher
@@ -71,7 +72,7 @@ class ContinualConfig:
     # micro-batch, over these decoder layers (negative = from the last), clip κ per position.
     surprise_strength: float = 0.0
     surprise_every: int = 1
-    surprise_layers: tuple[int, ...] = (-2, -1)
+    surprise_layers: tuple[int, ...] = (-1,)
     surprise_clip: float = 1.0
     seed: int = 0
 
@@ -96,7 +97,14 @@ class ContinualConfig:
             problems.append("self_replay_kl needs self_replay_share > 0 (it applies to the self-replay rows)")
         if self.fisher_samples < 1:
             problems.append(f"fisher_samples must be >= 1 (got {self.fisher_samples})")
-        object.__setattr__(self, "nested_frequencies", tuple(self.nested_frequencies))  # JSON gives a list
+        frequencies: Any = self.nested_frequencies
+        if isinstance(frequencies, str):  # a per-job override may name a preset or give "1,2,4"
+            try:
+                frequencies = parse_frequencies(frequencies)
+            except ValueError as exc:
+                problems.append(str(exc))
+                frequencies = ()
+        object.__setattr__(self, "nested_frequencies", tuple(frequencies))  # JSON gives a list
         object.__setattr__(self, "surprise_layers", tuple(self.surprise_layers))
         if self.surprise_strength < 0:
             problems.append(f"surprise_strength must be >= 0 (got {self.surprise_strength})")
@@ -146,7 +154,7 @@ RECIPES: dict[str, ContinualConfig] = {
     "self_replay": ContinualConfig(self_replay_share=0.5, self_replay_weight=0.0, self_replay_kl=1.0),
     # LoRA modules in tiers by depth, updated every 1, 2 and 4 steps (CONTINUUM_NESTED_* choose others).
     "nested": ContinualConfig(nested_frequencies=PRESETS["balanced"]),
-    # The same tiers plus the surprise objective on the last two layers (any recipe takes it with
+    # The same tiers plus the surprise objective on the last decoder layer (any recipe takes it with
     # the override surprise_strength > 0).
     "nested_surprise": ContinualConfig(nested_frequencies=PRESETS["balanced"], surprise_strength=SURPRISE_STRENGTH),
 }

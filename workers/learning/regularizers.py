@@ -27,6 +27,8 @@ class Regularizer(Protocol):
     Optional attribute ``needs_logits`` (default True): a regulariser that never reads ``outputs``
     (EWC, L2 on ΔW) may set it False, which lets `fit` run the LM head only on response positions;
     ``outputs`` is then None (or, for models without that fast path, logits of the last K positions).
+    Optional attribute ``uses_task_loss`` (default False): `fit` then also passes the micro-batch's
+    task loss as ``loss(model, batch, outputs, task_loss=...)`` (the surprise term differentiates it).
     """
 
     name: str

@@ -24,12 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from common.errors import ConfigError
+from common.nested_frequencies import PRESETS, frequency_problems, parse_frequencies
 
-PRESETS: dict[str, tuple[int, ...]] = {
-    "conservative": (1, 4, 8),
-    "balanced": (1, 2, 4),
-    "aggressive": (1, 2, 3),
-}
 STRATEGIES = ("depth", "importance")
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 _FACTOR = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B)(?:\.[^.]+)?(?:\.weight)?$")
@@ -46,16 +42,8 @@ class NestedConfig:
     tiers: int | None = None  # when given, must equal len(frequencies) (a check on hand-written settings)
 
     def __post_init__(self) -> None:
-        problems = []
         freqs = tuple(self.frequencies)
-        if not 2 <= len(freqs) <= 4:
-            problems.append(f"2 to 4 tiers are supported (got {len(freqs)} frequencies {list(freqs)})")
-        if any(not isinstance(f, int) or f < 1 for f in freqs):
-            problems.append(f"frequencies must be whole numbers >= 1 (got {list(freqs)})")
-        if any(b <= a for a, b in zip(freqs, freqs[1:])):
-            problems.append(f"frequencies must be strictly ascending, fastest tier first (got {list(freqs)})")
-        if self.tiers is not None and self.tiers != len(freqs):
-            problems.append(f"tiers is {self.tiers} but {len(freqs)} frequencies were given ({list(freqs)})")
+        problems = frequency_problems(freqs, self.tiers)
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
         if self.shallow not in ("fast", "slow"):
@@ -68,15 +56,10 @@ class NestedConfig:
     def parse(cls, frequencies: str, tiers: int | None = None, strategy: str = "depth",
               shallow: str = "fast") -> NestedConfig:
         """From settings text: a preset name (`balanced`) or a comma list (`1,2,4`)."""
-        text = frequencies.strip()
-        if text in PRESETS:
-            freqs: Any = PRESETS[text]
-        else:
-            try:
-                freqs = tuple(int(part) for part in text.split(",") if part.strip())
-            except ValueError:
-                raise ConfigError(f"invalid nested tiers: frequencies must be a preset "
-                                  f"({', '.join(PRESETS)}) or a comma list such as 1,2,4 (got {text!r})") from None
+        try:
+            freqs = parse_frequencies(frequencies)
+        except ValueError as exc:
+            raise ConfigError(f"invalid nested tiers: {exc}") from None
         return cls(frequencies=freqs, strategy=strategy, shallow=shallow, tiers=tiers)  # type: ignore[arg-type]
 
 

@@ -410,7 +410,10 @@ class _Run:
                                      stop_below=floor)
             total = task.loss
             for reg in self.regularizers:
-                penalty = reg.loss(model, batch, outputs)
+                if getattr(reg, "uses_task_loss", False):  # the surprise term differentiates it
+                    penalty = reg.loss(model, batch, outputs, task_loss=task.loss)
+                else:
+                    penalty = reg.loss(model, batch, outputs)
                 total = total + penalty
                 self.tally.reg_sums[reg.name] = self.tally.reg_sums[reg.name] + penalty.detach()
         return task.loss, total

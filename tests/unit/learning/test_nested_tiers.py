@@ -42,6 +42,13 @@ def test_every_problem_is_named_in_one_message():
         ContinualConfig(nested_frequencies=(2, 2))
 
 
+def test_a_per_job_override_may_name_a_preset_or_a_comma_list():
+    assert ContinualConfig(nested_frequencies="conservative").nested_frequencies == (1, 4, 8)  # type: ignore[arg-type]
+    assert ContinualConfig(nested_frequencies="1,3").nested_frequencies == (1, 3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="preset .* or a comma list"):
+        ContinualConfig(nested_frequencies="fast")  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------ tier assignment
 
 NAMES = [f"base_model.model.model.layers.{layer}.self_attn.{proj}.lora_{f}.default.weight"

@@ -11,7 +11,7 @@ from common.errors import ConfigError
 from workers.learning.batching import collate
 from workers.learning.formatting import encode_rows
 from workers.learning.lora import trainable_parameters
-from workers.learning.losses import response_loss
+from workers.learning.losses import response_head_loss, response_loss
 from workers.learning.surprise import SurpriseLoss
 from workers.learning.synthetic import make_fact_sets
 
@@ -78,6 +78,25 @@ def test_the_second_order_term_matches_finite_differences(tokenizer):
 
         numeric = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
         assert numeric == pytest.approx(expected, rel=0.02, abs=1e-4), (numeric, expected)
+    term.close()
+
+
+def test_the_term_from_fits_head_only_task_loss_equals_the_one_from_full_logits(tokenizer):
+    """`fit` hands the term the task loss it computed with the LM head on response positions only;
+    the signal, and so the term and its gradient, must be the same as from the full logits."""
+    model, batch = _setup(tokenizer)
+    term = SurpriseLoss(model, strength=1.0, layers=(-2, -1), clip=1e6)
+    params = trainable_parameters(model)
+    full = term.loss(model, batch, _forward(model, batch))
+    full.backward()
+    full_grads = {n: p.grad.detach().clone() for n, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    head_only = term.loss(model, batch, None, task_loss=response_head_loss(model, batch).loss)
+    head_only.backward()
+    assert float(full.detach()) > 0
+    assert float(head_only.detach()) == pytest.approx(float(full.detach()), rel=1e-6)
+    for name, param in params.items():
+        torch.testing.assert_close(param.grad, full_grads[name], rtol=1e-5, atol=1e-9)
     term.close()
 
 
