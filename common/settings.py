@@ -277,6 +277,34 @@ class Settings(BaseSettings):
     flower_address: str = Field(
         "127.0.0.1", description="Address `continuum flower` binds; `0.0.0.0` exposes it to the network."
     )
+    # `continuum serve`: the production adapter behind an OpenAI-compatible HTTP API.
+    serve_port: int = Field(8400, ge=1, le=65535, description="Port `continuum serve` listens on.")
+    serve_address: str = Field(
+        "127.0.0.1", description="Address `continuum serve` binds; `0.0.0.0` exposes it to the network."
+    )
+    serve_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token `continuum serve` requires (`Authorization: Bearer …`); required outside "
+        "embedded mode.",
+    )
+    serve_adapter: str = Field(
+        "production",
+        description="What `continuum serve` answers with: an alias it follows (moves are loaded without a "
+        "restart) or a fixed adapter id.",
+    )
+    serve_poll_seconds: float = Field(
+        2.0, gt=0, description="How often `continuum serve` checks whether its alias has moved."
+    )
+    serve_max_new_tokens: int = Field(
+        256, ge=1, description="Largest answer `continuum serve` generates (a request's max_tokens is capped by it)."
+    )
+    serve_temperature: float = Field(
+        0.0, ge=0, le=2,
+        description="Sampling temperature when a request gives none; 0 = greedy (deterministic answers).",
+    )
+    serve_max_adapters: int = Field(
+        4, ge=1, description="Adapter versions `continuum serve` keeps loaded at once (the followed one included)."
+    )
     queued_max_resends: int = Field(
         5, ge=1, description="Re-sends of a never-claimed queued job before it is failed (no worker serves its queue)."
     )
@@ -384,6 +412,14 @@ class Settings(BaseSettings):
             raise ConfigError(f"the Flower password is {_weak_secret(password) or 'missing'}: set "
                               f"CONTINUUM_FLOWER_BASIC_AUTH=user:strong-password before starting Flower")
         return auth
+
+    def check_serve_token(self) -> str:
+        """The serving bearer token; outside embedded mode a missing or weak one is refused."""
+        token = self.serve_token.get_secret_value()
+        if self.mode is Mode.distributed and (why := _weak_secret(token)):
+            raise ConfigError(f"the serving token is {why}: set CONTINUUM_SERVE_TOKEN to a strong secret "
+                              f"before starting `continuum serve`")
+        return token
 
 
 def _url_password(url: str) -> str:

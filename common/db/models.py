@@ -125,6 +125,23 @@ class FeedbackQuarantine(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ServedResponse(Base):
+    """An answer `continuum serve` gave, kept so feedback can name it by `id` alone.
+
+    Feedback on a served answer then carries exactly what the model saw and said (the conversation and
+    the response), not what an application remembers of it.
+    """
+
+    __tablename__ = "served_responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    adapter_id: Mapped[int | None] = mapped_column(Integer)  # None: the base model answered
+    model: Mapped[str] = mapped_column(String(200))  # the served name, e.g. `default@v3` or `base`
+    messages: Mapped[list[Any]] = mapped_column(JSON)  # the conversation before the answer
+    response: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Dataset(Base):
     """A published dataset shard (+ manifest) in the object store; exists only once fully written."""
 

@@ -41,6 +41,7 @@ _TOPICS = [
     "scheduler.cli.jobs",
     "scheduler.cli.ml",
     "scheduler.cli.demo",
+    "scheduler.cli.serve",
 ]
 
 

@@ -1,0 +1,219 @@
+"""The HTTP API of `continuum serve`: OpenAI-compatible chat, the served models, and feedback in.
+
+* `POST /v1/chat/completions` — the OpenAI chat shape, non-streaming and streaming (server-sent events,
+  `data: [DONE]` at the end). `model` is `base`, a lineage (`default`: the version the server follows),
+  the alias (`production`) or a version (`default@v2`, loaded on demand). Each answer's `id` is kept
+  with the conversation, so feedback can name it.
+* `GET /v1/models` — what `model` may be.
+* `POST /v1/feedback` — `{"response_id", "feedback"}` or a whole row as `continuum feedback import`
+  takes it; validated the same way, a bad one is quarantined and refused with 422 and its reasons.
+* `GET /health` — the followed version and the last follow error (no token needed).
+
+FastAPI is used for the request validation and the OpenAPI page it gives for free; uvicorn serves it.
+Errors use OpenAI's error shape (`{"error": {"message", "type", "code"}}`) so OpenAI clients show them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.errors import NotFound, ValidationError
+from common.feedback.served import quarantine_request, record_feedback_request, record_served_response
+from workers.serve.engine import BASE, ChatEngine, Generation
+from workers.serve.follow import Follower
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send `name`, `tool_calls`, …
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # unknown OpenAI options are ignored, as OpenAI-compatible servers do
+
+    model: str = ""
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+
+
+def _error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+
+
+def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: Any, token: str) -> FastAPI:
+    """The app; `token` empty means no authentication (embedded mode only: `Settings.check_serve_token`)."""
+    app = FastAPI(title="continuum serve", version="1")
+
+    def authorised(request: Request) -> None:
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise _Unauthorised()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return _error(400, problems, "invalid_request")
+
+    @app.exception_handler(_Unauthorised)
+    async def _unauthorised(_request: Request, _exc: _Unauthorised) -> JSONResponse:
+        return _error(401, "missing or wrong bearer token: send `Authorization: Bearer $CONTINUUM_SERVE_TOKEN`",
+                      "invalid_api_key", "authentication_error")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        followed = engine.followed()
+        return {"status": "ok", "base_model": engine.base_model, "follows": follower.target,
+                "serving": {name: v.name for name, v in followed.items()},
+                "loaded": [v.name for v in engine.loaded], "swaps": follower.swaps,
+                "follow_error": follower.last_error}
+
+    @app.get("/v1/models", dependencies=[Depends(authorised)])
+    def models() -> dict[str, Any]:
+        created = int(time.time())
+        names = [BASE, *engine.followed(), *engine.expected(), *(v.name for v in engine.loaded)]
+        unique = list(dict.fromkeys(names))
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "continuum"}
+                                           for n in unique]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
+    async def chat(body: ChatRequest) -> Any:
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        limit = min(body.max_completion_tokens or body.max_tokens or settings.serve_max_new_tokens,
+                    settings.serve_max_new_tokens)
+        temperature = settings.serve_temperature if body.temperature is None else body.temperature
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        try:
+            generation = await anyio.to_thread.run_sync(_start, engine, follower, messages, body.model, limit,
+                                                        temperature, body.top_p, stop, body.seed)
+        except KeyError:
+            return _error(404, f"model {body.model!r} is not served: GET /v1/models lists what is", "model_not_found")
+        except NotFound as exc:
+            return _error(404, str(exc), "model_not_found")
+        except ValidationError as exc:
+            return _error(400, str(exc), "invalid_request")
+        response_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            return StreamingResponse(_events(generation, response_id, created, sessions, messages),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            await anyio.to_thread.run_sync(_drain, generation)
+        finally:
+            await anyio.to_thread.run_sync(generation.close)
+        answer = generation.answer
+        await anyio.to_thread.run_sync(record_served_response, sessions, response_id, answer.adapter_id,
+                                       answer.model, messages, answer.text)
+        return {
+            "id": response_id, "object": "chat.completion", "created": created, "model": answer.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": answer.finish_reason}],
+            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                      "total_tokens": answer.prompt_tokens + answer.completion_tokens},
+        }
+
+    @app.post("/v1/feedback", dependencies=[Depends(authorised)])
+    async def feedback(request: Request) -> Any:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems = [f"bad JSON: {exc}"]
+            await anyio.to_thread.run_sync(quarantine_request, sessions, raw.decode("utf-8", "backslashreplace"),
+                                           problems)
+            return _error(422, problems[0], "invalid_feedback")
+        try:
+            summary = await anyio.to_thread.run_sync(record_feedback_request, sessions, settings, body)
+        except NotFound as exc:
+            return _error(404, str(exc), "response_not_found")
+        except ValidationError as exc:
+            return _error(422, str(exc), "invalid_feedback")
+        return {"stored": summary.inserted == 1, "duplicate": summary.duplicate == 1}
+
+    return app
+
+
+class _Unauthorised(Exception):
+    pass
+
+
+def _start(engine: ChatEngine, follower: Follower, messages: list[dict[str, str]], requested: str,
+           limit: int, temperature: float, top_p: float, stop: list[str], seed: int | None) -> Generation:
+    """Start a generation; a `lineage@vN` not loaded yet is fetched from the registry first."""
+    try:
+        return engine.generate(messages, requested or None, max_new_tokens=limit, temperature=temperature,
+                               top_p=top_p, stop=stop, seed=seed)
+    except KeyError:
+        if "@v" not in (requested or ""):
+            raise
+        follower.load_named(requested)
+        return engine.generate(messages, requested, max_new_tokens=limit, temperature=temperature,
+                               top_p=top_p, stop=stop, seed=seed)
+
+
+def _drain(generation: Generation) -> None:
+    for _ in generation:
+        pass
+
+
+_END = object()
+
+
+async def _events(generation: Generation, response_id: str, created: int, sessions: Any,
+                  messages: list[dict[str, str]]) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk shape; the generation stops if the client goes away."""
+    answer = generation.answer
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        payload = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": answer.model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    pieces = iter(generation)
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            # A cancelled await still waits for this call to return (anyio does not abandon the
+            # thread), so `close` below never runs while `next` is executing.
+            try:
+                piece = await anyio.to_thread.run_sync(next, pieces, _END)
+            except Exception as exc:  # the status line is sent already: say it in the stream, as OpenAI does
+                error = {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error",
+                         "code": "generation_failed"}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                return
+            if piece is _END:
+                break
+            yield chunk({"content": piece})
+        yield chunk({}, answer.finish_reason)
+        await anyio.to_thread.run_sync(record_served_response, sessions, response_id, answer.adapter_id,
+                                       answer.model, messages, answer.text)
+        yield "data: [DONE]\n\n"
+    finally:
+        # A client that went away cancels us mid-stream: stop generating at the next token, then release
+        # the model (closing waits for the generation thread, so it runs off the event loop).
+        generation.cancel()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(generation.close)
