@@ -176,6 +176,17 @@ class Settings(BaseSettings):
             raise ValueError("CONTINUUM_NESTED_FREQUENCIES / CONTINUUM_NESTED_TIERS: " + "; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _valid_fact_patterns(self) -> Settings:
+        from common.errors import ConfigError as _ConfigError
+        from common.online.facts import patterns_from_json
+
+        try:
+            patterns_from_json(self.online_fact_patterns)
+        except _ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
     train_epochs: int = Field(0, ge=0, description="Epochs per training cycle; 0 = the recipe's default.")
     suppression_margin: float = Field(
         2.0, ge=0,
@@ -304,6 +315,67 @@ class Settings(BaseSettings):
     )
     serve_max_adapters: int = Field(
         4, ge=1, description="Adapter versions `continuum serve` keeps loaded at once (the followed one included)."
+    )
+    # Online learning from each served chat turn (`workers/online`).
+    online: bool = Field(
+        False, description="Learn from every chat turn `continuum serve` answers (online jobs on the `online` queue)."
+    )
+    online_learning_rate: float = Field(
+        0.0, ge=0, description="Online learning rate before multipliers; 0 = the train job's rate for the model's size."
+    )
+    online_steps_per_turn: int = Field(3, ge=1, description="Optimizer steps the online learner takes on each turn.")
+    online_lr_chat: float = Field(
+        0.0, ge=0, description="Learning-rate multiplier of a turn that states no fact and asks nothing (0: not learnt)."
+    )
+    online_lr_question: float = Field(
+        0.0, ge=0, description="Learning-rate multiplier of a question turn (0: the model's own answer is not learnt)."
+    )
+    online_lr_fact: float = Field(1.0, ge=0, description="Learning-rate multiplier of a turn that states a new fact.")
+    online_lr_repeated_fact: float = Field(
+        1.0, ge=0, description="Learning-rate multiplier of a fact stated before (times the repetition boost)."
+    )
+    online_repetition_boost: float = Field(
+        0.25, ge=0, description="Extra learning rate per earlier sighting of a repeated fact (capped at 2×)."
+    )
+    online_lr_replay: float = Field(0.5, ge=0, description="Learning-rate multiplier of a replay step.")
+    online_replay_every: int = Field(5, ge=0, description="Replay the fact memory every N turns (0: never).")
+    online_replay_facts: int = Field(4, ge=1, description="Facts a replay step takes, most important first.")
+    online_kl: float = Field(1.0, ge=0, description="KL-to-base coefficient of an online step.")
+    online_kl_fact: float = Field(
+        0.2, ge=0,
+        description="KL-to-base coefficient of a fact turn, scaled down further by the fact's importance.",
+    )
+    online_entity_token_weight: float = Field(
+        2.0, gt=0, description="Loss weight of the tokens of a fact's entities (others weigh 1)."
+    )
+    online_edge_token_weight: float = Field(
+        1.5, gt=0, description="Loss weight of an answer's first and last tokens."
+    )
+    online_publish_every: int = Field(
+        20, ge=1, description="Publish an online adapter version (then evaluate and promote it) every N updates."
+    )
+    online_publish_seconds: float = Field(
+        600.0, gt=0, description="... or when this long has passed since the last published online version."
+    )
+    online_fact_patterns: str = Field(
+        "", description="Fact patterns as JSON (`[{\"relation\", \"pattern\", \"confidence\", \"min_confidence\"}]`); "
+        "empty = the built-in ones."
+    )
+    online_memory_capacity: int = Field(500, ge=1, description="Facts the fact memory keeps per lineage.")
+    online_memory_importance: Literal["repetition", "recency", "both"] = Field(
+        "both", description="What makes a fact important: `repetition`, `recency` or `both`."
+    )
+    online_memory_eviction: Literal["fifo", "lru", "importance", "hybrid"] = Field(
+        "hybrid", description="Which fact goes when the memory is full: `fifo`, `lru`, `importance` or `hybrid`."
+    )
+    online_memory_decay_after_turns: int = Field(
+        50, ge=1, description="A fact not seen for this many turns starts to decay."
+    )
+    online_memory_decay: float = Field(
+        0.95, gt=0, le=1, description="Importance kept per further turn a decaying fact is not seen."
+    )
+    online_memory_remove_below: float = Field(
+        0.05, ge=0, lt=1, description="A fact whose importance falls below this is removed."
     )
     queued_max_resends: int = Field(
         5, ge=1, description="Re-sends of a never-claimed queued job before it is failed (no worker serves its queue)."

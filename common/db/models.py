@@ -142,6 +142,50 @@ class ServedResponse(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class OnlineTurn(Base):
+    """A served chat turn waiting for (or done with) the online learner of its lineage.
+
+    Turns are applied in `id` order by one online job at a time per lineage (the lineage lock), so
+    updates land in the order the turns were said, whichever worker runs the job.
+    """
+
+    __tablename__ = "online_turns"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lineage: Mapped[str] = mapped_column(String(100), index=True)
+    response_id: Mapped[str | None] = mapped_column(String(64))
+    messages: Mapped[list[Any]] = mapped_column(JSON)  # the conversation up to the user's turn
+    response: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    applied_at: Mapped[datetime | None] = mapped_column()
+    turn_number: Mapped[int | None] = mapped_column(Integer)  # the n-th turn its lineage learnt from
+    kind: Mapped[str | None] = mapped_column(String(20))  # chat | question | fact (set when applied)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # what the learner did with it
+
+
+class FactMemory(Base):
+    """One fact of a lineage's fact memory (`common.online.memory` has the rules)."""
+
+    __tablename__ = "facts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    lineage: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(500))
+    text: Mapped[str] = mapped_column(Text)
+    relation: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(String(300))
+    object: Mapped[str] = mapped_column(String(300))
+    entities: Mapped[list[Any]] = mapped_column(JSON)
+    confidence: Mapped[float] = mapped_column(Float)
+    times_seen: Mapped[int] = mapped_column(Integer)
+    first_turn: Mapped[int] = mapped_column(Integer)
+    last_turn: Mapped[int] = mapped_column(Integer)
+    importance: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("lineage", "key", name="uq_facts_lineage_key"),)
+
+
 class Dataset(Base):
     """A published dataset shard (+ manifest) in the object store; exists only once fully written."""
 

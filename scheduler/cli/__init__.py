@@ -42,6 +42,7 @@ _TOPICS = [
     "scheduler.cli.ml",
     "scheduler.cli.demo",
     "scheduler.cli.serve",
+    "scheduler.cli.chat",
 ]
 
 

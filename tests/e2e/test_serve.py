@@ -223,3 +223,32 @@ def _alias_revision(server) -> int:
 
     with session_scope(server["sessions"]) as session:
         return session.get(Alias, "production").revision
+
+
+def test_continuum_chat_talks_judges_and_shows_stats(server):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_")}
+    env.update(CONTINUUM_HOME=str(server["home"]), CONTINUUM_SERVE_TOKEN=TOKEN)
+    script = "Zorbel owns a purple boat.\n/good\n/bad\n/stats\n/facts\n/what\n/quit\n"
+    done = subprocess.run([sys.executable, "-m", "scheduler", "chat", "--url", server["url"]], input=script,
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "model>" in out and "(default@v" in out
+    assert "stored: thumbs_up" in out and "already judged: thumbs_down" in out  # one judgement per answer
+    assert "answers" in out and "median first token seconds" in out
+    assert "online learning is off" in out and "unknown command /what" in out
+    nowhere = subprocess.run([sys.executable, "-m", "scheduler", "chat", "--url", "http://127.0.0.1:9"], input="/quit\n",
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert nowhere.returncode != 0 and "nothing answers at http://127.0.0.1:9" in nowhere.stderr + nowhere.stdout
+
+
+def test_a_message_that_cannot_be_stored_is_refused_with_a_reason(server):
+    with _client(server) as client:
+        bad = client.post("/v1/chat/completions", json={"model": "base", "messages": [
+            {"role": "user", "content": "nul \u0000 here"}]})
+        empty = client.post("/v1/chat/completions", json={"model": "base", "messages": []})
+        last = client.post("/v1/chat/completions", json={"model": "base", "messages": [
+            {"role": "assistant", "content": "hi"}]})
+    assert bad.status_code == 400 and "NUL" in bad.json()["error"]["message"]
+    assert empty.status_code == 400 and "messages" in empty.json()["error"]["message"]
+    assert last.status_code == 400 and "user's turn" in last.json()["error"]["message"]

@@ -221,3 +221,12 @@ def test_every_setting_has_help_text():
 def test_home_is_a_path(env, tmp_path):
     env({"CONTINUUM_HOME": str(tmp_path / "elsewhere")})
     assert load_settings().home == Path(tmp_path / "elsewhere")
+
+
+def test_bad_fact_patterns_fail_at_settings_load(monkeypatch):
+    from common.errors import ConfigError
+    from common.settings import load_settings
+
+    monkeypatch.setenv("CONTINUUM_ONLINE_FACT_PATTERNS", '[{"relation": "x", "pattern": "no groups"}]')
+    with pytest.raises(ConfigError, match="named group"):
+        load_settings()

@@ -26,7 +26,7 @@ import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.errors import NotFound, ValidationError
 from common.feedback.served import quarantine_request, record_feedback_request, record_served_response
@@ -39,6 +39,18 @@ class Message(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("content")
+    @classmethod
+    def _storable(cls, value: str) -> str:
+        # Answers are kept with their conversation (feedback names them): refuse what cannot be stored.
+        if "\x00" in value:
+            raise ValueError("contains a NUL character (\\u0000)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("contains an unpaired surrogate (invalid UTF-16 in \\u escapes)") from None
+        return value
 
 
 class ChatRequest(BaseModel):
@@ -63,6 +75,7 @@ def _error(status: int, message: str, code: str, kind: str = "invalid_request_er
 def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: Any, token: str) -> FastAPI:
     """The app; `token` empty means no authentication (embedded mode only: `Settings.check_serve_token`)."""
     app = FastAPI(title="continuum serve", version="1")
+    stats = ServeStats()
 
     def authorised(request: Request) -> None:
         if not token:
@@ -89,6 +102,21 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
                 "serving": {name: v.name for name, v in followed.items()},
                 "loaded": [v.name for v in engine.loaded], "swaps": follower.swaps,
                 "follow_error": follower.last_error}
+
+    @app.get("/v1/stats", dependencies=[Depends(authorised)])
+    def serve_stats() -> dict[str, Any]:
+        return {**stats.as_dict(), "serving": {name: v.name for name, v in engine.followed().items()},
+                "swaps": follower.swaps}
+
+    @app.get("/v1/facts", dependencies=[Depends(authorised)])
+    def facts(lineage: str = "") -> dict[str, Any]:
+        from common.online.store import list_facts
+
+        followed = engine.followed()
+        name = lineage or (next(iter(followed.values())).lineage if followed else settings.adapter_name)
+        found = list_facts(sessions, name)
+        note = None if found or settings.online else "online learning is off (CONTINUUM_ONLINE=true turns it on)"
+        return {"lineage": name, "facts": found, "note": note}
 
     @app.get("/v1/models", dependencies=[Depends(authorised)])
     def models() -> dict[str, Any]:
@@ -117,13 +145,14 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
-            return StreamingResponse(_events(generation, response_id, created, sessions, messages),
+            return StreamingResponse(_events(generation, response_id, created, sessions, messages, stats),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             await anyio.to_thread.run_sync(_drain, generation)
         finally:
             await anyio.to_thread.run_sync(generation.close)
         answer = generation.answer
+        stats.answered(answer)
         await anyio.to_thread.run_sync(record_served_response, sessions, response_id, answer.adapter_id,
                                        answer.model, messages, answer.text)
         return {
@@ -150,6 +179,7 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
             return _error(404, str(exc), "response_not_found")
         except ValidationError as exc:
             return _error(422, str(exc), "invalid_feedback")
+        stats.feedback[str(body.get("feedback"))] = stats.feedback.get(str(body.get("feedback")), 0) + 1
         return {"stored": summary.inserted == 1, "duplicate": summary.duplicate == 1}
 
     return app
@@ -157,6 +187,37 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
 
 class _Unauthorised(Exception):
     pass
+
+
+class ServeStats:
+    """What this server did since it started: answers, tokens, speed, feedback received."""
+
+    RECENT = 100  # answers the latency figures cover
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.answers = 0
+        self.completion_tokens = 0
+        self.feedback: dict[str, int] = {}
+        self._recent: list[tuple[float, float, int]] = []  # (first-token s, total s, tokens)
+
+    def answered(self, answer: Any) -> None:
+        self.answers += 1
+        self.completion_tokens += answer.completion_tokens
+        if answer.first_token_seconds is not None and answer.seconds:
+            self._recent = [*self._recent[-(self.RECENT - 1):],
+                            (answer.first_token_seconds, answer.seconds, answer.completion_tokens)]
+
+    def as_dict(self) -> dict[str, Any]:
+        recent = self._recent
+        first = sorted(r[0] for r in recent)
+        decode = [(r[2] - 1) / (r[1] - r[0]) for r in recent if r[2] > 1 and r[1] > r[0]]
+        return {
+            "uptime_seconds": round(time.time() - self.started, 1), "answers": self.answers,
+            "completion_tokens": self.completion_tokens, "feedback": dict(self.feedback),
+            "median_first_token_seconds": round(first[len(first) // 2], 4) if first else None,
+            "mean_tokens_per_second": round(sum(decode) / len(decode), 1) if decode else None,
+        }
 
 
 def _start(engine: ChatEngine, follower: Follower, messages: list[dict[str, str]], requested: str,
@@ -182,7 +243,7 @@ _END = object()
 
 
 async def _events(generation: Generation, response_id: str, created: int, sessions: Any,
-                  messages: list[dict[str, str]]) -> AsyncIterator[str]:
+                  messages: list[dict[str, str]], stats: ServeStats) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk shape; the generation stops if the client goes away."""
     answer = generation.answer
 
@@ -208,6 +269,7 @@ async def _events(generation: Generation, response_id: str, created: int, sessio
                 break
             yield chunk({"content": piece})
         yield chunk({}, answer.finish_reason)
+        stats.answered(answer)
         await anyio.to_thread.run_sync(record_served_response, sessions, response_id, answer.adapter_id,
                                        answer.model, messages, answer.text)
         yield "data: [DONE]\n\n"

@@ -54,7 +54,8 @@ class Answer:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     text: str = ""
-    first_token_seconds: float | None = None
+    first_token_seconds: float | None = None  # request start (incl. waiting for the model) → first piece
+    seconds: float | None = None  # request start → last token
     _started: float = field(default_factory=time.perf_counter, repr=False)
 
 
@@ -308,6 +309,9 @@ class Generation:
                 trimmer = _StopTrimmer(self._stop)
                 try:
                     for piece in streamer:
+                        # A byte-level token can decode to NUL, which no text column (nor JSON
+                        # consumer) wants; it carries nothing a reader would miss.
+                        piece = piece.replace("\x00", "")
                         if answer.first_token_seconds is None:
                             answer.first_token_seconds = time.perf_counter() - answer._started
                         text = trimmer.feed(piece)
@@ -332,6 +336,7 @@ class Generation:
                 answer.completion_tokens = len(new)
                 hit_limit = len(new) >= self._max_new_tokens and not (new and new[-1] in engine._stops)
                 answer.finish_reason = "length" if hit_limit and not trimmer.stopped else "stop"
+                answer.seconds = time.perf_counter() - answer._started
         finally:
             self._release()
             with engine._lock:

@@ -1,0 +1,77 @@
+"""The online learner's rows in the database: chat turns waiting to be learnt, and the fact memory."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.db.engine import session_scope
+from common.db.models import FactMemory, OnlineTurn
+from common.online.memory import Fact, MemoryChange
+
+_FACT_FIELDS = ("text", "relation", "subject", "object", "entities", "confidence", "times_seen", "first_turn",
+                "last_turn", "importance")
+
+
+def add_turn(sessions: sessionmaker[Session], lineage: str, messages: list[dict[str, str]], response: str,
+             response_id: str | None = None) -> int:
+    """Queue a served turn for its lineage's online learner; returns its id (the order it is learnt in)."""
+    with session_scope(sessions) as session:
+        row = OnlineTurn(lineage=lineage, messages=messages, response=response, response_id=response_id)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def pending_turns(session: Session, lineage: str, limit: int = 1000) -> list[OnlineTurn]:
+    return list(session.scalars(select(OnlineTurn).where(OnlineTurn.lineage == lineage,
+                                                         OnlineTurn.applied_at.is_(None))
+                                .order_by(OnlineTurn.id).limit(limit)))
+
+
+def turns_learnt(session: Session, lineage: str) -> int:
+    """How many turns this lineage's online learner has applied (the turn clock of the fact memory)."""
+    return int(session.scalar(select(func.max(OnlineTurn.turn_number)).where(OnlineTurn.lineage == lineage)) or 0)
+
+
+def mark_applied(session: Session, turn: OnlineTurn, number: int, kind: str, result: dict[str, Any]) -> None:
+    turn.applied_at = datetime.now(timezone.utc)
+    turn.turn_number = number
+    turn.kind = kind
+    turn.result = result
+
+
+def load_memory(session: Session, lineage: str) -> dict[str, Fact]:
+    rows = session.scalars(select(FactMemory).where(FactMemory.lineage == lineage))
+    return {r.key: Fact(r.key, r.text, r.relation, r.subject, r.object, list(r.entities), r.confidence,
+                        r.times_seen, r.first_turn, r.last_turn, r.importance) for r in rows}
+
+
+def save_change(session: Session, lineage: str, change: MemoryChange) -> None:
+    """Write what `memory.observe` changed: upsert the touched facts, delete the removed ones."""
+    if change.removed:
+        session.execute(delete(FactMemory).where(FactMemory.lineage == lineage, FactMemory.key.in_(change.removed)))
+    if not change.touched:
+        return
+    existing = {r.key: r for r in session.scalars(select(FactMemory).where(
+        FactMemory.lineage == lineage, FactMemory.key.in_([f.key for f in change.touched])))}
+    now = datetime.now(timezone.utc)
+    for fact in change.touched:
+        row = existing.get(fact.key) or FactMemory(lineage=lineage, key=fact.key)
+        for name in _FACT_FIELDS:
+            setattr(row, name, getattr(fact, name))
+        row.updated_at = now
+        session.add(row)
+
+
+def list_facts(sessions: sessionmaker[Session], lineage: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The lineage's facts, most important first (what `continuum chat`'s /facts shows)."""
+    with session_scope(sessions) as session:
+        rows = session.scalars(select(FactMemory).where(FactMemory.lineage == lineage)
+                               .order_by(FactMemory.importance.desc(), FactMemory.last_turn.desc()).limit(limit))
+        return [{"text": r.text, "relation": r.relation, "subject": r.subject, "object": r.object,
+                 "entities": r.entities, "times_seen": r.times_seen, "last_turn": r.last_turn,
+                 "importance": r.importance} for r in rows]
