@@ -232,11 +232,11 @@ def _wire_worker_signals(app: Celery) -> None:
 def _warm_job_processes(app: Celery, queues: list[str]) -> None:
     """A worker that runs ML jobs starts its job fork server now, so the imports are done before the
     first job arrives (job_process.py). An io-only worker never starts a job process: no server."""
-    from workers.kinds import DEVICE_QUEUES
+    from workers.kinds import ML_QUEUES
     from workers.runner.job_process import FORKSERVER, resolve_start_method, warm_up
 
     settings = app.continuum_settings
-    if resolve_start_method(settings.job_process_start) == FORKSERVER and set(queues) & set(DEVICE_QUEUES):
+    if resolve_start_method(settings.job_process_start) == FORKSERVER and set(queues) & set(ML_QUEUES):
         warm_up(in_background=True)
 
 

@@ -3,9 +3,10 @@ kind's logic — only the process that runs a job calls it, so the worker parent
 
 from __future__ import annotations
 
-from common.orchestration.kinds import ALL_QUEUES, DEVICE_QUEUES, KINDS, Isolation, JobKind, job_kind
+from common.orchestration.kinds import ALL_QUEUES, DEVICE_QUEUES, KINDS, ML_QUEUES, ONLINE_QUEUE, Isolation, JobKind, job_kind
 
-__all__ = ["ALL_QUEUES", "DEVICE_QUEUES", "KINDS", "Isolation", "JobKind", "job_kind", "load_entry"]
+__all__ = ["ALL_QUEUES", "DEVICE_QUEUES", "KINDS", "ML_QUEUES", "ONLINE_QUEUE", "Isolation", "JobKind", "job_kind",
+           "load_entry"]
 
 
 def load_entry(kind: JobKind):

@@ -186,6 +186,20 @@ class FactMemory(Base):
     __table_args__ = (UniqueConstraint("lineage", "key", name="uq_facts_lineage_key"),)
 
 
+class LineageLock(Base):
+    """Who may write a lineage's versions and online state now: a batch cycle or the online learner.
+
+    Taken by compare-and-set (free, expired, or already ours) and held with an expiry the holder
+    renews, so a holder that died frees the lineage by itself (`common.ledger.lineage_lock`).
+    """
+
+    __tablename__ = "lineage_locks"
+
+    lineage: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None] = mapped_column()
+
+
 class Dataset(Base):
     """A published dataset shard (+ manifest) in the object store; exists only once fully written."""
 

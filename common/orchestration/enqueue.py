@@ -35,6 +35,8 @@ def choose_queue(settings: Settings, sessions: sessionmaker[Session], kind: JobK
     """The queue a job of `kind` goes to on `device` (see the module docstring)."""
     if device not in DEVICES:
         raise ValidationError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if kind.queue is not None:
+        return kind.queue
     if not kind.needs_device:
         return "io"
     if device != "auto":

@@ -17,7 +17,11 @@ Isolation = Literal["process", "inline"]
 
 # Device queues in routing preference order for `device=auto` (best first).
 DEVICE_QUEUES = ("cuda", "mps", "cpu")
-ALL_QUEUES = ("io", *DEVICE_QUEUES)
+# Online learning from served chat turns has a queue of its own, so a burst of chat never waits behind
+# a training cycle on the device queues (and a worker can be dedicated to it).
+ONLINE_QUEUE = "online"
+ALL_QUEUES = ("io", *DEVICE_QUEUES, ONLINE_QUEUE)
+ML_QUEUES = (*DEVICE_QUEUES, ONLINE_QUEUE)  # queues whose jobs load a model (solo pool, warm fork server)
 
 
 @dataclass(frozen=True)
@@ -27,10 +31,11 @@ class JobKind:
     entry: str  # "module:function" taking a workers.context.JobContext, returning a JSON-able dict
     isolation: Isolation  # "process": a subprocess per job (ML work); "inline": in the worker (light io)
     needs_device: bool  # True: routed to cuda/mps/cpu by device; False: always the `io` queue
+    queue: str | None = None  # a fixed queue of its own (overrides the routing above)
 
     @property
     def default_queue(self) -> str:
-        return "cpu" if self.needs_device else "io"
+        return self.queue or ("cpu" if self.needs_device else "io")
 
 
 KINDS: dict[str, JobKind] = {
@@ -41,6 +46,8 @@ KINDS: dict[str, JobKind] = {
         JobKind("train", "continuum.train", "workers.train.logic:run", "process", needs_device=True),
         JobKind("evaluate", "continuum.evaluate", "workers.evaluate.logic:run", "process", needs_device=True),
         JobKind("promote", "continuum.promote", "workers.promote.logic:run", "inline", needs_device=False),
+        JobKind("online", "continuum.online", "workers.online.job:run", "process", needs_device=True,
+                queue=ONLINE_QUEUE),
         # Diagnostic kinds: exercise the machinery without ML (tests, benchmarks, smoke checks).
         JobKind("sleep", "continuum.sleep", "workers.diagnostics.sleep:run", "process", needs_device=True),
         JobKind("noop", "continuum.noop", "workers.diagnostics.noop:run", "inline", needs_device=False),

@@ -1,4 +1,4 @@
-"""serving and online learning: served answers (feedback names one by id), online turns, the fact memory
+"""serving and online learning: served answers (feedback names one by id), online turns, the fact memory, lineage locks
 
 Revision ID: 0005
 Revises: 0004
@@ -40,6 +40,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_online_turns_lineage", "online_turns", ["lineage"])
     op.create_table(
+        "lineage_locks",
+        sa.Column("lineage", sa.String(length=100), primary_key=True),
+        sa.Column("holder", sa.String(length=100), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    )
+    op.create_table(
         "facts",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("lineage", sa.String(length=100), nullable=False),
@@ -61,6 +67,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("facts")
+    op.drop_table("lineage_locks")
     op.drop_index("ix_online_turns_lineage", table_name="online_turns")
     op.drop_table("online_turns")
     op.drop_table("served_responses")

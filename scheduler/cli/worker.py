@@ -45,13 +45,13 @@ def detect_device(requested: str) -> dict:
 
 def plan_worker(device: str, queues: Optional[str], concurrency: Optional[int]) -> tuple[list[str], str, int]:
     """(queues, pool, concurrency) for a worker on `device`, honouring an explicit -Q."""
-    from workers.kinds import ALL_QUEUES, DEVICE_QUEUES
+    from workers.kinds import ALL_QUEUES, ML_QUEUES
 
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else [device, "io"]
     unknown = sorted(set(chosen) - set(ALL_QUEUES))
     if unknown:
         raise typer.BadParameter(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(ALL_QUEUES)}")
-    if any(q in DEVICE_QUEUES for q in chosen):
+    if any(q in ML_QUEUES for q in chosen):
         if concurrency not in (None, 1):
             console.print("[yellow]device queues run one job at a time (solo pool); start more workers to scale[/yellow]")
         return chosen, "solo", 1
@@ -61,7 +61,7 @@ def plan_worker(device: str, queues: Optional[str], concurrency: Optional[int]) 
 def register(app: typer.Typer) -> None:
     @app.command("worker")
     def worker(
-        queues: Optional[str] = typer.Option(None, "-Q", "--queues", help="Comma-separated queues (io,cpu,cuda,mps); default: <device>,io."),
+        queues: Optional[str] = typer.Option(None, "-Q", "--queues", help="Comma-separated queues (io,cpu,cuda,mps,online); default: <device>,io."),
         device: str = typer.Option("auto", "--device", help="auto (cuda > mps > cpu), cuda, mps or cpu."),
         concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c", help="Processes for an io-only worker."),
         name: Optional[str] = typer.Option(None, "--name", "-n", help="Worker name; default <device>-<pid>@<host>."),

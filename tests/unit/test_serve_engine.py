@@ -52,7 +52,12 @@ def test_the_base_answers_until_an_adapter_is_followed_then_the_adapter_does(eng
     engine.follow(["default", "production"], _v(1))
     adapted = _answer(engine, "production")
     assert adapted != base and _answer(engine, "default") == adapted and _answer(engine, None) == adapted
-    assert _answer(engine, BASE) == base  # the adapter is disabled for `base`, not unloaded
+    assert engine._merged == "default@v1"  # float32: the followed version is merged into the weights
+    assert _answer(engine, BASE) == base  # unmerged and disabled for `base`, not unloaded
+    assert engine._merged is None and _answer(engine, "production") == adapted  # merged again, same answer
+    engine._mergeable = lambda: False  # type: ignore[method-assign]
+    assert _answer(engine, BASE) == base and _answer(engine, "production") == adapted  # unmerged LoRA: same
+    assert engine._merged is None
     with pytest.raises(KeyError):
         engine.generate(QUESTION, "default@v9", max_new_tokens=4)
     with pytest.raises(ValidationError, match="last message must be the user's"):

@@ -129,6 +129,7 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
     async def chat(body: ChatRequest) -> Any:
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        requested = body.model
         limit = min(body.max_completion_tokens or body.max_tokens or settings.serve_max_new_tokens,
                     settings.serve_max_new_tokens)
         temperature = settings.serve_temperature if body.temperature is None else body.temperature
@@ -145,7 +146,8 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
-            return StreamingResponse(_events(generation, response_id, created, sessions, messages, stats),
+            return StreamingResponse(_events(generation, response_id, created, sessions, messages, stats, settings,
+                                             body.model),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             await anyio.to_thread.run_sync(_drain, generation)
@@ -155,6 +157,7 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
         stats.answered(answer)
         await anyio.to_thread.run_sync(record_served_response, sessions, response_id, answer.adapter_id,
                                        answer.model, messages, answer.text)
+        await anyio.to_thread.run_sync(learn_online, settings, sessions, requested, answer, messages, response_id)
         return {
             "id": response_id, "object": "chat.completion", "created": created, "model": answer.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -234,6 +237,32 @@ def _start(engine: ChatEngine, follower: Follower, messages: list[dict[str, str]
                                top_p=top_p, stop=stop, seed=seed)
 
 
+def learn_online(settings: Any, sessions: Any, requested: str, answer: Any, messages: list[dict[str, str]],
+                 response_id: str) -> None:
+    """With CONTINUUM_ONLINE: queue the turn for its lineage's online learner and enqueue an `online` job.
+
+    Only answers given as the lineage's present are learnt: a request for `base` or for a pinned version
+    (`default@v2`) is not. A broker that is down costs a log line only: the turn waits in
+    `online_turns` and the next job (the next turn's) applies it.
+    """
+    if not settings.online or requested == BASE or "@v" in requested:
+        return
+    lineage = answer.model.rpartition("@v")[0] if answer.adapter_id is not None else settings.adapter_name
+    from common.online.store import add_turn
+
+    turn_id = add_turn(sessions, lineage, messages, answer.text, response_id)
+    try:
+        from common.orchestration.enqueue import enqueue_job
+        from workers.dispatch import orchestrator_for
+
+        enqueue_job(orchestrator_for(settings), "online", {"lineage": lineage},
+                    idempotency_key=f"online:{lineage}:{turn_id}")
+    except Exception as exc:  # noqa: BLE001 - the turn is stored; learning it can wait for the next job
+        import logging
+
+        logging.getLogger("continuum.serve").warning("online job for turn %s not enqueued: %s", turn_id, exc)
+
+
 def _drain(generation: Generation) -> None:
     for _ in generation:
         pass
@@ -243,7 +272,8 @@ _END = object()
 
 
 async def _events(generation: Generation, response_id: str, created: int, sessions: Any,
-                  messages: list[dict[str, str]], stats: ServeStats) -> AsyncIterator[str]:
+                  messages: list[dict[str, str]], stats: ServeStats, settings: Any,
+                  requested: str) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk shape; the generation stops if the client goes away."""
     answer = generation.answer
 
@@ -272,6 +302,7 @@ async def _events(generation: Generation, response_id: str, created: int, sessio
         stats.answered(answer)
         await anyio.to_thread.run_sync(record_served_response, sessions, response_id, answer.adapter_id,
                                        answer.model, messages, answer.text)
+        await anyio.to_thread.run_sync(learn_online, settings, sessions, requested, answer, messages, response_id)
         yield "data: [DONE]\n\n"
     finally:
         # A client that went away cancels us mid-stream: stop generating at the next token, then release

@@ -74,6 +74,7 @@ class ChatEngine:
         self._in_use: dict[str, int] = {}  # version name → requests that resolved it and are not done
         self._retired: set[str] = set()  # no longer followed; unloaded when its last request ends
         self._expected: set[str] = set()  # names that mean the base model until they follow a version
+        self._merged: str | None = None  # the version merged into the base weights now (see `_adapter`)
         self._stops = end_of_turn_ids(tokenizer)
         model.eval()
 
@@ -154,6 +155,8 @@ class ChatEngine:
                 del self._versions[name]
                 self._retired.discard(name)
         for name in doomed:
+            if self._merged == name:
+                self._unmerge()
             if self.model.active_adapter == name:  # PEFT warns when the active adapter goes
                 self.model.set_adapter(next(iter(self._versions)))
             self.model.delete_adapter(name)
@@ -208,7 +211,14 @@ class ChatEngine:
                 del self._in_use[version.name]
 
     def _adapter(self, version: Version | None):
-        """Select `version` on the model for one generation (the base: adapters disabled)."""
+        """Select `version` on the model for one generation (the base: nothing merged, adapters disabled).
+
+        The selected version is merged into the base weights and stays merged until another version
+        or the base is asked for: an unmerged LoRA adds its two small matmuls to every projection of
+        every decoding step (SmolLM2, rank 16 on all seven projections: 1.21× slower decoding), a
+        merged one costs nothing per token. Merging is exact enough only in float32: in bf16/fp16 each
+        merge and unmerge would round the base weights a little more, so there the adapter runs unmerged.
+        """
         from contextlib import nullcontext
 
         from peft import PeftModel
@@ -216,11 +226,26 @@ class ChatEngine:
         if not isinstance(self.model, PeftModel):
             return nullcontext()
         if version is None:
+            self._unmerge()
             return self.model.disable_adapter()
-        self.model.set_adapter(version.name)
+        if self._merged != version.name:
+            self._unmerge()
+            self.model.set_adapter(version.name)
+            if self._mergeable():
+                self.model.merge_adapter()
+                self._merged = version.name
         with self._state:
             self._versions.move_to_end(version.name)
         return nullcontext()
+
+    def _mergeable(self) -> bool:
+        weight = next(self.model.parameters())
+        return weight.dtype == torch.float32 and not getattr(self.model, "is_loaded_in_4bit", False)
+
+    def _unmerge(self) -> None:
+        if self._merged is not None:
+            self.model.unmerge_adapter()
+            self._merged = None
 
 
 class Generation:

@@ -143,7 +143,35 @@ def run(ctx: JobContext) -> dict[str, Any]:
     inputs = _plan_inputs(ctx, params)
     if isinstance(inputs, Adapter):
         return _result(inputs)
+    from common.ledger.lineage_lock import lineage_lock
 
+    # The online learner writes this lineage too: the two take turns (common.ledger.lineage_lock). The
+    # holder is the job id, so a retried attempt of this job gets the lineage back at once.
+    lineage = params.adapter_name or ctx.settings.adapter_name
+    with lineage_lock(ctx.sessions, lineage, f"train:{ctx.job_id}", ttl_seconds=LOCK_TTL_SECONDS,
+                      wait_seconds=LOCK_WAIT_SECONDS, should_stop=ctx.should_stop) as renew:
+        return _train(ctx, params, inputs, _every(LOCK_TTL_SECONDS / 4, renew))
+
+
+LOCK_TTL_SECONDS = 600.0
+LOCK_WAIT_SECONDS = 1800.0  # online jobs hold a lineage for seconds; this is a generous bound
+
+
+def _every(seconds: float, action: Any) -> Any:
+    """`action`, called at most once per `seconds` (the renewals ride on progress reports)."""
+    import time
+
+    last = [time.monotonic()]
+
+    def throttled() -> None:
+        if time.monotonic() - last[0] >= seconds:
+            last[0] = time.monotonic()
+            action()
+
+    return throttled
+
+
+def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], renew: Any) -> dict[str, Any]:
     from workers.learning.continual import prepare_cycle, recipe
     from workers.learning.kl import load_parent_as_teacher, unload_teacher
     from workers.learning.lora import LoraSettings, attach_adapter, publish_adapter, settings_dict
@@ -204,6 +232,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         details: dict[str, Any] = {}
 
         def progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
+            renew()
             tiers = [{"tier": t["tier"], "updates": t["updates"], "mean_update_norm": round(t["mean_update_norm"], 5)}
                      for t in details.get("tiers", [])]
             ctx.report_progress({"step": step, "total": total, "loss": loss, "tokens_per_s": tokens_per_s,

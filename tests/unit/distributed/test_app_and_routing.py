@@ -27,12 +27,13 @@ def test_app_is_json_only_acks_late_and_names_every_task():
     longest = max(settings.job_soft_time_limits.values()) + settings.job_hard_time_limit_grace_seconds
     for options in (conf.broker_transport_options, conf.result_backend_transport_options):
         assert options["visibility_timeout"] == settings.broker_visibility_timeout_seconds > longest
-    assert {q.name for q in conf.task_queues} == {"io", "cpu", "cuda", "mps"}
+    assert {q.name for q in conf.task_queues} == {"io", "cpu", "cuda", "mps", "online"}
     names = {"continuum.export", "continuum.fisher", "continuum.train", "continuum.evaluate", "continuum.promote",
              "continuum.reap", "continuum.pipeline_tick", "continuum.sleep", "continuum.noop"}
     assert names <= set(app.tasks)
     assert conf.task_routes["continuum.export"]["queue"] == "io"
     assert conf.task_routes["continuum.train"]["queue"] == "cpu"
+    assert conf.task_routes["continuum.online"]["queue"] == "online"
     train = app.tasks["continuum.train"]
     assert train.soft_time_limit > settings.job_soft_time_limits["train"] and train.time_limit > train.soft_time_limit
 

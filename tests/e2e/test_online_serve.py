@@ -1,0 +1,77 @@
+"""Online learning through the real parts: `continuum serve` with CONTINUUM_ONLINE=true answers over
+HTTP, stores each turn and enqueues an `online` job; a real `continuum worker -Q online` process
+applies it; the fact shows up in the fact memory (`/v1/facts`) and the job's result carries metrics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+from sqlalchemy import select
+
+from tests.integration.distributed.harness import REPO
+from tests.support.servers import _terminate, free_port, wait_for_port
+
+
+def test_a_fact_said_in_chat_is_learnt_by_the_online_worker(tmp_path):
+    from common.db import create_db_engine, session_factory, session_scope
+    from common.db.models import Job, OnlineTurn
+
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_")}
+    env.update(CONTINUUM_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               CONTINUUM_ONLINE="true", CONTINUUM_ONLINE_STEPS_PER_TURN="1", CONTINUUM_LORA_RANK="4",
+               CONTINUUM_LORA_ALPHA="8")
+    port = free_port()
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("serve", "worker")}
+    serve = subprocess.Popen([sys.executable, "-m", "scheduler", "serve", "--port", str(port)], cwd=REPO, env=env,
+                             stdout=logs["serve"], stderr=subprocess.STDOUT)
+    worker = None
+    try:
+        wait_for_port(port, timeout=120, proc=serve)
+        worker = subprocess.Popen([sys.executable, "-m", "scheduler", "worker", "-Q", "online"], cwd=REPO, env=env,
+                                  stdout=logs["worker"], stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for said in ("Zorbel owns a purple boat.", "Who owns the purple boat?"):
+                answer = client.post("/v1/chat/completions", json={
+                    "model": "production", "messages": [{"role": "user", "content": said}], "max_tokens": 8})
+                assert answer.status_code == 200, answer.text
+            pinned = client.post("/v1/chat/completions", json={
+                "model": "base", "messages": [{"role": "user", "content": "Kira works at the lighthouse."}],
+                "max_tokens": 4})
+            assert pinned.status_code == 200
+            deadline = time.monotonic() + 240
+            facts = []
+            while time.monotonic() < deadline:
+                facts = client.get("/v1/facts").json()["facts"]
+                if facts:
+                    break
+                time.sleep(1)
+        assert [f["subject"] for f in facts] == ["Zorbel"], facts  # the `base` turn was not learnt
+        engine = create_db_engine(f"sqlite:///{home / 'continuum.db'}")
+        sessions = session_factory(engine)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with session_scope(sessions) as session:
+                turns = session.scalars(select(OnlineTurn).order_by(OnlineTurn.id)).all()
+                if all(t.applied_at is not None for t in turns):
+                    break
+            time.sleep(1)
+        assert [(t.turn_number, t.kind) for t in turns] == [(1, "fact"), (2, "question")]
+        with session_scope(sessions) as session:
+            jobs = session.scalars(select(Job).where(Job.kind == "online", Job.state == "succeeded")).all()
+            assert jobs and jobs[0].queue == "online"
+            applied = [j.result for j in jobs if j.result.get("status") == "applied"]
+            assert sum(r["turns_applied"] for r in applied) == 2
+            assert "stability" in applied[-1]["metrics"] and "plasticity" in applied[-1]["metrics"]
+        engine.dispose()
+    finally:
+        _terminate(worker)
+        _terminate(serve)
+        for log in logs.values():
+            log.close()
+        print((tmp_path / "worker.log").read_text()[-4000:])
