@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="the online job's default for both models")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an OnlineConfig field for every learning mode, e.g. --set protect_kl=3")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,13 +140,16 @@ def main() -> None:
     protect_rows = self_replay_rows(base, tokenizer, default_prompts())
     del base
     results = []
+    extra = {key: int(value) if value.isdigit() else float(value)
+             for key, _, value in (item.partition("=") for item in args.set)}
     for name in args.modes.split(","):
-        result = run_mode(name, MODES[name], args.model, base_answers, questions, args.learning_rate, protect_rows)
+        overrides = None if MODES[name] is None else {**extra, **MODES[name]}
+        result = run_mode(name, overrides, args.model, base_answers, questions, args.learning_rate, protect_rows)
         results.append(result)
         print(f"  {name}: recall {result['recall']:.2f} later {result['recall_later']:.2f} "
               f"still right {result['still_right']}", flush=True)
     print(f"\n{label}: 30 scripted turns (10 facts, 3 said 3 times), then 20 of chit-chat; "
-          f"lr {args.learning_rate}, threads {args.threads}")
+          f"lr {args.learning_rate}, threads {args.threads}{'; ' + ', '.join(args.set) if args.set else ''}")
     print(f"{'mode':<12} {'recall':>6} {'once':>5} {'3x':>5} {'later':>6} {'still':>6} {'s/turn':>7}")
     for r in results:
         still = "–" if r["still_right"] is None else f"{r['still_right']:.2f}"

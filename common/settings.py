@@ -347,7 +347,7 @@ class Settings(BaseSettings):
         description="KL-to-base coefficient of a fact turn, scaled down further by the fact's importance.",
     )
     online_protect_kl: float = Field(
-        1.0, ge=0, description="KL-to-base coefficient on the base's own answers to general prompts, every online "
+        3.0, ge=0, description="KL-to-base coefficient on the base's own answers to general prompts, every online "
         "step (base protection; 0: off)."
     )
     online_protect_rows: int = Field(4, ge=1, description="Base-protection rows per online step.")
