@@ -107,7 +107,6 @@ def _apply(ctx: JobContext, lineage: str, pending: list[tuple[int, list, str]], 
                                          list(ANCHOR_PROMPTS[:PROBE_PROMPTS]), max_new_tokens=24)
     probe = AnchorProbe(learner, [r["prompt"] for r in probe_rows], [r["response"] for r in probe_rows])
     session_state = OnlineSession(learner, policy, patterns, memory, int(progress.get("turns", clock)), probe)
-    before = {key: fact.key for key, fact in memory.items()}
     applied: list[tuple[int, int, str, dict[str, Any]]] = []
     for index, (turn_id, messages, response) in enumerate(todo):
         outcome = session_state.observe_turn(messages, response)
@@ -144,9 +143,8 @@ def _apply(ctx: JobContext, lineage: str, pending: list[tuple[int, list, str]], 
         for turn_id, *_ in already:
             row = session.get(OnlineTurn, turn_id)
             mark_applied(session, row, row.turn_number or 0, row.kind or "recovered", {"recovered": True})
-        gone = [key for key in before if key not in memory]
-        if gone:
-            session.execute(delete(FactMemory).where(FactMemory.lineage == lineage, FactMemory.key.in_(gone)))
+        # The table mirrors the memory just checkpointed: whatever it holds beyond that was removed.
+        session.execute(delete(FactMemory).where(FactMemory.lineage == lineage, FactMemory.key.not_in(list(memory))))
         save_change(session, lineage, MemoryChange(touched=list(memory.values())))
         ctx.finish(session, result)
     return result

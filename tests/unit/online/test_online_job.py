@@ -83,3 +83,17 @@ def test_the_lineage_lock_keeps_a_batch_cycle_and_the_online_learner_apart(cycle
     assert holder_of(cycles.sessions, "default") is None  # an expired hold is free
     assert _run(cycles)["turns_applied"] == 1
     assert holder_of(cycles.sessions, "default") is None  # given back at the end
+
+
+def test_the_fact_table_mirrors_the_memory_when_facts_are_evicted(tmp_path, migrated_sqlite_url):
+    made = make_cycles(tmp_path, migrated_sqlite_url, online_steps_per_turn=1, lora_rank=4, lora_alpha=8,
+                       online_memory_capacity=1, online_memory_eviction="fifo")
+    try:
+        _say(made, "Zorbel owns a purple boat.")
+        _run(made)
+        _say(made, "Kira works at the lighthouse.")
+        assert _run(made)["facts"] == 1
+        with session_scope(made.sessions) as session:
+            assert [f.subject for f in session.scalars(select(FactMemory)).all()] == ["Kira"]
+    finally:
+        made.close()
