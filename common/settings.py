@@ -377,6 +377,14 @@ class Settings(BaseSettings):
     online_memory_remove_below: float = Field(
         0.05, ge=0, lt=1, description="A fact whose importance falls below this is removed."
     )
+    online_publish_every: int = Field(
+        25, ge=0, description="Publish the online adapter as a version (evaluate → promote) after this many "
+        "learnt turns since the last one (0: not by count).",
+    )
+    online_publish_seconds: float = Field(
+        3600.0, ge=0, description="Publish the online adapter when its oldest unpublished update is this old "
+        "(0: not by time); checked by each online job and by the beat's sweep.",
+    )
     queued_max_resends: int = Field(
         5, ge=1, description="Re-sends of a never-claimed queued job before it is failed (no worker serves its queue)."
     )

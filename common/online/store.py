@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.engine import session_scope
-from common.db.models import FactMemory, OnlineTurn
+from common.db.models import Adapter, FactMemory, OnlineTurn
 from common.online.memory import Fact, MemoryChange
 
 _FACT_FIELDS = ("text", "relation", "subject", "object", "entities", "confidence", "times_seen", "first_turn",
@@ -75,3 +75,21 @@ def list_facts(sessions: sessionmaker[Session], lineage: str, limit: int = 100) 
         return [{"text": r.text, "relation": r.relation, "subject": r.subject, "object": r.object,
                  "entities": r.entities, "times_seen": r.times_seen, "last_turn": r.last_turn,
                  "importance": r.importance} for r in rows]
+
+
+def lineages_maybe_unpublished(session: Session) -> list[str]:
+    """Lineages with a turn learnt after their newest version was made: their online state may hold
+    updates no version has yet (the online job decides exactly, from its checkpoint)."""
+    learnt = session.execute(select(OnlineTurn.lineage, func.max(OnlineTurn.applied_at))
+                             .where(OnlineTurn.applied_at.is_not(None)).group_by(OnlineTurn.lineage)).all()
+    found = []
+    for lineage, last_learnt in learnt:
+        newest = session.scalar(select(func.max(Adapter.created_at)).where(Adapter.name == lineage))
+        if newest is None or _naive(newest) < _naive(last_learnt):
+            found.append(lineage)
+    return found
+
+
+def _naive(value: datetime) -> datetime:
+    # SQLite hands datetimes back naive; every one was written as UTC.
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo is not None else value

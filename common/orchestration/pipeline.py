@@ -69,15 +69,31 @@ def start_pipeline(
     run_id = str(uuid.uuid4())
     key = schedule_key(schedule, tick) if schedule else (idempotency_key or f"manual:{run_id}")
     with session_scope(orch.sessions) as session:
-        session.execute(_insert_run(session, dict(
-            id=run_id, idempotency_key=key, schedule=schedule, tick=tick, state=JobState.running.value,
-            current_step=STEPS[0], params=params or {}, created_at=utc_now(),
-        )))
-        run = session.scalars(select(PipelineRun).where(PipelineRun.idempotency_key == key)).one()
+        run = insert_pipeline_run(session, run_id, key, params or {}, schedule=schedule, tick=tick)
     created = run.id == run_id
     if created:
         enqueue_step(orch, run, STEPS[0], attempt=0)
     return run, created
+
+
+def insert_pipeline_run(session: Session, run_id: str, key: str, params: dict[str, Any], *,
+                        first_step: str = STEPS[0], schedule: str | None = None,
+                        tick: datetime | None = None) -> PipelineRun:
+    """Insert a run at `first_step` inside the caller's transaction (unless its key exists); returns the
+    run holding the key. The caller enqueues the first step after the commit (`enqueue_step`), or
+    leaves it to the sweep.
+
+    A run may start after `export`: an online version (`workers/online/publish.py`) starts at
+    `evaluate`, its adapter and dataset in `params["steps"]["evaluate"]`, and goes through the same
+    evaluate → promote gate as a batch cycle.
+    """
+    if first_step not in STEPS:
+        raise ValidationError(f"unknown pipeline step {first_step!r}; one of {', '.join(STEPS)}")
+    session.execute(_insert_run(session, dict(
+        id=run_id, idempotency_key=key, schedule=schedule, tick=tick, state=JobState.running.value,
+        current_step=first_step, params=params, created_at=utc_now(),
+    )))
+    return session.scalars(select(PipelineRun).where(PipelineRun.idempotency_key == key)).one()
 
 
 def step_jobs(session: Session, run_id: str) -> dict[str, Job]:
@@ -107,7 +123,10 @@ def _step_params(orch: Orchestrator, run: PipelineRun, step: str, done: dict[str
         fisher_id = result.get("fisher", {}).get("fisher_id")
         return {"dataset_id": dataset_id, **({"fisher_id": fisher_id} if fisher_id else {}), **overrides}
     if step == "evaluate":
-        return {"adapter_id": result["train"]["adapter_id"], "dataset_id": dataset_id, **overrides}
+        # A run that starts here (an online version) names its adapter and dataset in the overrides.
+        trained = {k: v for k, v in (("adapter_id", result.get("train", {}).get("adapter_id")),
+                                     ("dataset_id", dataset_id)) if v is not None}
+        return {**trained, **overrides}
     return {"evaluation_id": result["evaluate"]["evaluation_id"], **overrides}
 
 

@@ -72,6 +72,26 @@ def reap_and_resend(orch: Orchestrator) -> dict[str, Any]:
 
 
 def sweep(orch: Orchestrator) -> dict[str, Any]:
-    """The periodic pass beat and the embedded worker run: reaper, then pipeline reconciliation."""
+    """The periodic pass beat and the embedded worker run: reaper, pipeline reconciliation, and the
+    online learner's time rule for lineages whose turns stopped coming."""
     reaped = reap_and_resend(orch)
-    return {**reaped, "pipelines": reconcile_pipelines(orch).as_dict()}
+    return {**reaped, "pipelines": reconcile_pipelines(orch).as_dict(), "online_checks": online_publish_checks(orch)}
+
+
+def online_publish_checks(orch: Orchestrator, now: float | None = None) -> list[str]:
+    """Enqueue one `online` job per lineage that may hold unpublished updates, at most once per
+    `online_publish_seconds` (the key carries the period's number): with no turns pending, the job
+    publishes a version only if its checkpoint says one is due by time. Returns the job ids."""
+    import time
+
+    from common.online.store import lineages_maybe_unpublished
+    from common.orchestration.enqueue import enqueue_job
+
+    period = orch.settings.online_publish_seconds
+    if not period:
+        return []
+    with session_scope(orch.sessions) as session:
+        lineages = lineages_maybe_unpublished(session)
+    bucket = int((time.time() if now is None else now) // period)
+    return [enqueue_job(orch, "online", {"lineage": lineage}, idempotency_key=f"online-publish:{lineage}:{bucket}")
+            for lineage in lineages]

@@ -1,6 +1,9 @@
 """Online learning through the real parts: `continuum serve` with CONTINUUM_ONLINE=true answers over
 HTTP, stores each turn and enqueues an `online` job; a real `continuum worker -Q online` process
-applies it; the fact shows up in the fact memory (`/v1/facts`) and the job's result carries metrics."""
+applies it; the fact shows up in the fact memory (`/v1/facts`) and the job's result carries metrics.
+With CONTINUUM_ONLINE_PUBLISH_EVERY=1 the learnt fact becomes version 1 of the lineage, which the same
+worker's real evaluate and promote jobs put through the gate into production, and the server then
+answers with it: talking to the model changes the model it serves."""
 
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ def test_a_fact_said_in_chat_is_learnt_by_the_online_worker(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTINUUM_")}
     env.update(CONTINUUM_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                CONTINUUM_ONLINE="true", CONTINUUM_ONLINE_STEPS_PER_TURN="1", CONTINUUM_LORA_RANK="4",
-               CONTINUUM_LORA_ALPHA="8")
+               CONTINUUM_LORA_ALPHA="8", CONTINUUM_ONLINE_PUBLISH_EVERY="1", CONTINUUM_SERVE_POLL_SECONDS="0.5",
+               # The tiny random model cannot meet the real model's thresholds; the gate still runs.
+               CONTINUUM_GATE_MIN_RECALL="0", CONTINUUM_GATE_MIN_GENERALISATION_GAIN="-100")
     port = free_port()
     logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("serve", "worker")}
     serve = subprocess.Popen([sys.executable, "-m", "scheduler", "serve", "--port", str(port)], cwd=REPO, env=env,
@@ -32,7 +37,7 @@ def test_a_fact_said_in_chat_is_learnt_by_the_online_worker(tmp_path):
     worker = None
     try:
         wait_for_port(port, timeout=120, proc=serve)
-        worker = subprocess.Popen([sys.executable, "-m", "scheduler", "worker", "-Q", "online"], cwd=REPO, env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "scheduler", "worker", "-Q", "online,cpu,io"], cwd=REPO, env=env,
                                   stdout=logs["worker"], stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=120) as client:
@@ -68,6 +73,20 @@ def test_a_fact_said_in_chat_is_learnt_by_the_online_worker(tmp_path):
             applied = [j.result for j in jobs if j.result.get("status") == "applied"]
             assert sum(r["turns_applied"] for r in applied) == 2
             assert "stability" in applied[-1]["metrics"] and "plasticity" in applied[-1]["metrics"]
+            published = [r["published"] for r in applied if "published" in r]
+            assert [p["version"] for p in published] == [1] and published[0]["dataset"]["probe"] == 2
+        deadline = time.monotonic() + 240
+        health = {}
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while time.monotonic() < deadline:
+                health = client.get("/health").json()
+                if health["serving"].get("production") == "default@v1":
+                    break
+                time.sleep(1)
+        assert health["serving"].get("production") == "default@v1", health
+        with session_scope(sessions) as session:
+            steps = {j.kind: j.state for j in session.scalars(select(Job).where(Job.pipeline_run_id.is_not(None)))}
+            assert steps == {"evaluate": "succeeded", "promote": "succeeded"}
         engine.dispose()
     finally:
         _terminate(worker)

@@ -12,19 +12,26 @@ written before the turns are marked applied. A job that dies after the checkpoin
 mark finds the checkpoint's last turn id and marks those turns without learning them twice. The fact
 memory's table is a mirror of the checkpoint's, written in the same transaction as the marks. The
 first online job of a lineage starts from the adapter production points to (or a fresh LoRA).
+
+Every `CONTINUUM_ONLINE_PUBLISH_EVERY` learnt turns (or `_SECONDS`) the job publishes the state as a
+version of the lineage that goes through evaluate → promote (`workers/online/publish.py`); it restarts
+from production when the gate refused its version or production moved elsewhere.
 """
 
 from __future__ import annotations
 
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 
 from common.db.engine import session_scope
 from common.db.models import FactMemory
+from common.errors import RetryableError
 from common.ledger.lineage_lock import lineage_lock
 from common.online.facts import patterns_from_json
 from common.online.memory import Fact, MemoryChange, MemoryPolicy
@@ -64,18 +71,38 @@ def run(ctx: JobContext) -> dict[str, Any]:
         with session_scope(ctx.sessions) as session:
             pending = [(t.id, list(t.messages), t.response) for t in pending_turns(session, lineage, params.max_turns)]
             clock = turns_learnt(session, lineage)
-        if not pending:
+        if not pending and not _publish_due_when_idle(ctx, lineage):
             with session_scope(ctx.sessions) as session:
-                result = {"status": "skipped", "reason": "no pending turns", "lineage": lineage}
+                result = {"status": "skipped", "reason": "no pending turns and no version due", "lineage": lineage}
                 ctx.finish(session, result, skipped=True)
             return result
         return _apply(ctx, lineage, pending, clock, policy, patterns, renew)
 
 
+def _publish_due_when_idle(ctx: JobContext, lineage: str) -> bool:
+    """No turns to learn: is a version due by time (the sweep's check of an idle lineage)?"""
+    from workers.learning.checkpoints import latest_checkpoint, load_checkpoint
+    from workers.online.publish import PublishClock
+
+    saved = latest_checkpoint(ctx.store, state_prefix(lineage))
+    if saved is None:
+        return False
+    clock = PublishClock.from_progress(load_checkpoint(ctx.store, saved).progress)
+    with session_scope(ctx.sessions) as session:
+        clock.resolve(session)
+    return clock.due(ctx.settings.online_publish_every, ctx.settings.online_publish_seconds, _now()) is not None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def _apply(ctx: JobContext, lineage: str, pending: list[tuple[int, list, str]], clock: int, policy: MemoryPolicy,
            patterns: Any, renew: Any) -> dict[str, Any]:
     from workers.learning.checkpoints import TrainingState, capture_rng, latest_checkpoint, load_checkpoint, save_checkpoint
+    from workers.lineage import alias_target
     from workers.online.learner import OnlineConfig, OnlineLearner
+    from workers.online.publish import PublishClock, restart_reason
     from workers.online.session import AnchorProbe, OnlineSession
 
     store = ctx.store
@@ -86,10 +113,22 @@ def _apply(ctx: JobContext, lineage: str, pending: list[tuple[int, list, str]], 
     already = [t for t in pending if t[0] <= done_up_to]  # learnt by a job that died before marking them
     todo = [t for t in pending if t[0] > done_up_to]
     memory = {f["key"]: Fact(**f) for f in progress.get("memory", [])} if state else None
+    publish = PublishClock.from_progress(progress) if state else None
+    restart = None
     with session_scope(ctx.sessions) as session:
         if memory is None:
             memory = load_memory(session, lineage)
+        if publish is not None:
+            publish.resolve(session)
+            production = alias_target(session)
+            restart = restart_reason(session, production if production is not None and production.name == lineage
+                                     else None, publish.anchor_adapter_id)
+    if restart is not None:
+        state = None  # the weights and moments go; the memory, the turn clock and the marks stay
     loaded, model, lora, start = _model(ctx, lineage, state)
+    if publish is None or restart is not None:
+        publish = publish or PublishClock()
+        publish.restarted(start, done_up_to)
     from workers.train.config import model_size_defaults
 
     # Many small steps on a few rows each: half the batch cycle's rate (bench/online_facts.py, SmolLM2:
@@ -117,14 +156,25 @@ def _apply(ctx: JobContext, lineage: str, pending: list[tuple[int, list, str]], 
         if index % 20 == 19:
             renew()
     metrics = session_state.metrics()
-    updates = int(progress.get("updates", 0)) + sum(1 for *_, r in applied if r["learnt"]["losses"])
+    learnt_now = sum(1 for *_, r in applied if r["learnt"]["losses"])
+    updates = int(progress.get("updates", 0)) + learnt_now
     last_turn_id = max([done_up_to] + [t[0] for t in todo])
+    publish.learnt(learnt_now, _now())
+    publication = _maybe_publish(ctx, lineage, model, publish, applied, last_turn_id, {
+        "base_model": base_id, "lora": lora, "recipe": {"name": "online"}, "job_id": ctx.job_id,
+        "device": loaded.device.describe(),
+        "online": {"turns": session_state.turns, "updates": updates, "last_turn_id": last_turn_id,
+                   "facts": len(memory), "metrics": metrics},
+        "notes": [f"online: restarted from production ({restart})"] if restart else [],
+    })
     new_progress = {
-        "global_step": session_state.turns, "turns": session_state.turns, "last_turn_id": last_turn_id,
+        # One more than the last save, not the turn count: a save that learnt nothing (a publication, a
+        # restart) must not land on the previous checkpoint's name, which is immutable once complete.
+        "global_step": int(progress.get("global_step", 0)) + 1, "turns": session_state.turns, "last_turn_id": last_turn_id,
         "updates": updates, "lora": lora, "start_adapter_id": start, "base_model": base_id,
-        "memory": [vars(f) for f in memory.values()], "metrics": metrics,
+        "memory": [vars(f) for f in memory.values()], "metrics": metrics, "publish": publish.as_dict(),
     }
-    if todo:
+    if todo or publication is not None or restart is not None:
         adapter = {n: p.detach().to("cpu") for n, p in model.named_parameters() if p.requires_grad}
         renew()
         save_checkpoint(store, state_prefix(lineage), TrainingState(
@@ -133,21 +183,85 @@ def _apply(ctx: JobContext, lineage: str, pending: list[tuple[int, list, str]], 
     result = {"status": "applied", "lineage": lineage, "turns_applied": len(todo), "turns_recovered": len(already),
               "turn_clock": session_state.turns, "updates": updates, "facts": len(memory),
               "kinds": {k: sum(1 for *_, kind, _ in applied if kind == k) for k in ("fact", "question", "chat")},
-              "metrics": metrics, "start_adapter_id": start}
-    with session_scope(ctx.sessions) as session:
-        renew()
-        from common.db.models import OnlineTurn
-
-        for turn_id, number, kind, outcome in applied:
-            mark_applied(session, session.get(OnlineTurn, turn_id), number, kind, outcome)
-        for turn_id, *_ in already:
-            row = session.get(OnlineTurn, turn_id)
-            mark_applied(session, row, row.turn_number or 0, row.kind or "recovered", {"recovered": True})
-        # The table mirrors the memory just checkpointed: whatever it holds beyond that was removed.
-        session.execute(delete(FactMemory).where(FactMemory.lineage == lineage, FactMemory.key.not_in(list(memory))))
-        save_change(session, lineage, MemoryChange(touched=list(memory.values())))
-        ctx.finish(session, result)
+              "metrics": metrics, "start_adapter_id": start, "unpublished_updates": publish.unpublished_updates,
+              **({"restarted": restart} if restart else {})}
+    run_id = _finish(ctx, lineage, applied, already, memory, result, publication, renew)
+    if run_id is not None:
+        _send_evaluate(ctx, run_id)
     return result
+
+
+def _maybe_publish(ctx: JobContext, lineage: str, model: Any, publish: Any, applied: list, last_turn_id: int,
+                   metadata: dict[str, Any]) -> Any:
+    """Upload a version when one is due (`workers/online/publish.py`); it is registered by `_finish`."""
+    from workers.online.publish import learnt_facts, upload
+
+    reason = publish.due(ctx.settings.online_publish_every, ctx.settings.online_publish_seconds, _now())
+    if reason is None:
+        return None
+    with session_scope(ctx.sessions) as session:
+        facts = learnt_facts(session, lineage, publish.anchor_turn_id, last_turn_id, [r for *_, r in applied])
+    ctx.report_progress({"stage": f"publishing a version: {reason}"})
+    publication = upload(ctx, lineage, model, reason, facts, {**metadata, "online": {
+        **metadata["online"], "reason": reason, "facts_in_dataset": len(facts),
+        "turns_since_parent": publish.unpublished_updates}})
+    publication.parent_id = publish.anchor_adapter_id
+    publish.published(ctx.job_id, last_turn_id)
+    return publication
+
+
+def _finish(ctx: JobContext, lineage: str, applied: list, already: list, memory: dict[str, Fact],
+            result: dict[str, Any], publication: Any, renew: Any) -> str | None:
+    """Marks, the fact table, the version (if any) and the job's end: one transaction. Returns the id
+    of the pipeline run to send, if a version was registered."""
+    from common.db.models import Adapter, OnlineTurn
+    from workers.online.publish import register
+
+    for _attempt in range(5):
+        try:
+            with session_scope(ctx.sessions) as session:
+                renew()
+                for turn_id, number, kind, outcome in applied:
+                    mark_applied(session, session.get(OnlineTurn, turn_id), number, kind, outcome)
+                for turn_id, *_ in already:
+                    row = session.get(OnlineTurn, turn_id)
+                    mark_applied(session, row, row.turn_number or 0, row.kind or "recovered", {"recovered": True})
+                # The table mirrors the memory just checkpointed: whatever it holds beyond that was removed.
+                session.execute(delete(FactMemory).where(FactMemory.lineage == lineage,
+                                                         FactMemory.key.not_in(list(memory))))
+                save_change(session, lineage, MemoryChange(touched=list(memory.values())))
+                run_id = None
+                final = dict(result)
+                if publication is not None:
+                    parent = session.get(Adapter, publication.parent_id) if publication.parent_id else None
+                    adapter, run_id = register(ctx, session, publication, parent)
+                    final["published"] = {"adapter_id": adapter.id, "version": adapter.version,
+                                          "pipeline_run_id": run_id, "reason": publication.reason,
+                                          "dataset": publication.counts}
+                ctx.finish(session, final)
+            result.update(final)
+            return run_id
+        except IntegrityError:
+            continue  # another writer took the version number: count again
+    raise RetryableError("could not register the online version after 5 tries (heavy contention): retry the job")
+
+
+def _send_evaluate(ctx: JobContext, run_id: str) -> None:
+    """Send the version's evaluate step; if this fails the sweep sends it after its grace period."""
+    import logging
+
+    try:
+        from common.db.models import PipelineRun
+        from common.orchestration.pipeline import enqueue_step
+        from workers.dispatch import orchestrator_for
+
+        orch = orchestrator_for(ctx.settings)
+        with session_scope(ctx.sessions) as session:
+            run = session.get(PipelineRun, run_id)
+            session.expunge(run)
+        enqueue_step(orch, run, "evaluate", attempt=0)
+    except Exception as exc:  # noqa: BLE001 - the run is committed; the sweep sends its step
+        logging.getLogger("continuum.online").warning("evaluate of online run %s not sent: %s", run_id, exc)
 
 
 def _model(ctx: JobContext, lineage: str, state: Any) -> tuple[Any, Any, dict[str, Any], int | None]:

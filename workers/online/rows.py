@@ -35,6 +35,26 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     "is": ("What is {s}?", "Tell me about {s}."),
 }
 GENERIC = ("What do you know about {s}?", "Tell me about {s}.")
+# A third wording per relation that the learner never trains on: a published online version's
+# holdout rows (`workers/online/publish.py`), so the gate sees whether a fact carries to new words.
+HELD_OUT_QUESTIONS: dict[str, str] = {
+    "friend_of_user": "Do you know who {s} is?",
+    "name_of_user": "Do you remember what I am called?",
+    "user_lives_in": "What town or country do I live in?",
+    "user_works_at": "What is my workplace?",
+    "user_is": "Remind me what I am.",
+    "user_likes": "What is something I like?",
+    "user_owns": "Remind me what I own.",
+    "owns": "What is it that {s} owns?",
+    "lives_in": "In which place does {s} live?",
+    "works_at": "What is {s}'s workplace?",
+    "born_in": "What is {s}'s place of birth?",
+    "located_in": "In which place is {s}?",
+    "capital_of": "Which city is the capital of {s}?",
+    "called": "What name does {s} go by?",
+    "is": "Can you describe {s}?",
+}
+HELD_OUT_GENERIC = "What can you tell me about {s}?"
 
 _SECOND_PERSON = [(r"\bI am\b", "you are"), (r"\bI'm\b", "you're"), (r"\bI was\b", "you were"), (r"\bI\b", "you"),
                   (r"\bmy\b", "your"), (r"\bme\b", "you"), (r"\bmine\b", "yours"), (r"\bmyself\b", "yourself")]
@@ -56,6 +76,14 @@ def fact_rows(fact: Any) -> list[dict[str, Any]]:
     answer = second_person(fact.text)
     return [{"prompt": q.format(s=subject, o=fact.object), "response": answer, "entities": list(fact.entities)}
             for q in templates]
+
+
+def held_out_row(fact: Any) -> dict[str, Any]:
+    """The fact asked in the wording `fact_rows` never uses (its answer is the same sentence)."""
+    subject = fact.subject if fact.subject != USER else "me"
+    question = HELD_OUT_QUESTIONS.get(fact.relation, HELD_OUT_GENERIC)
+    return {"prompt": question.format(s=subject, o=fact.object), "response": second_person(fact.text),
+            "entities": list(fact.entities)}
 
 
 def turn_rows(messages: list[dict[str, str]], response: str) -> list[dict[str, Any]]:

@@ -38,8 +38,13 @@ class TurnResult:
     change: MemoryChange = field(repr=False, default_factory=MemoryChange)
 
     def as_dict(self) -> dict[str, Any]:
+        # The facts as learnt (after the memory merged repeats): a published version's dataset is built
+        # from these (`workers/online/publish.py`), after the memory may have evicted them.
+        learnt_facts = [{k: getattr(f, k) for k in ("key", "text", "relation", "subject", "object", "entities")}
+                        for f in self.change.seen] if self.kind == "fact" else []
         return {"turn": self.turn, "kind": self.kind, "facts": self.facts, "learnt": self.learnt,
-                "replay": self.replay, "memory": {"seen": len(self.change.seen), "removed": len(self.change.removed)}}
+                "replay": self.replay, "learnt_facts": learnt_facts,
+                "memory": {"seen": len(self.change.seen), "removed": len(self.change.removed)}}
 
 
 class AnchorProbe:
