@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db.engine import session_scope
-from common.db.models import Adapter, FactMemory, OnlineTurn
+from common.db.models import Adapter, FactMemory, Job, OnlineTurn
 from common.online.memory import Fact, MemoryChange
 
 _FACT_FIELDS = ("text", "relation", "subject", "object", "entities", "confidence", "times_seen", "first_turn",
@@ -93,3 +93,22 @@ def lineages_maybe_unpublished(session: Session) -> list[str]:
 def _naive(value: datetime) -> datetime:
     # SQLite hands datetimes back naive; every one was written as UTC.
     return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def online_status(sessions: sessionmaker[Session], lineage: str, look_back: int = 200) -> dict[str, Any] | None:
+    """Where the lineage's online learner stands: the last online job that applied turns (its
+    stability, plasticity and forgetting figures), turns waiting, and the last version it published."""
+    with session_scope(sessions) as session:
+        waiting = int(session.scalar(select(func.count()).select_from(OnlineTurn).where(
+            OnlineTurn.lineage == lineage, OnlineTurn.applied_at.is_(None))) or 0)
+        jobs = session.scalars(select(Job).where(Job.kind == "online", Job.state == "succeeded")
+                               .order_by(Job.finished_at.desc()).limit(look_back)).all()
+        results = [j.result for j in jobs if isinstance(j.result, dict) and j.result.get("lineage") == lineage
+                   and j.result.get("status") == "applied"]
+    if not results and not waiting:
+        return None
+    last = results[0] if results else {}
+    published = next((r["published"] for r in results if isinstance(r.get("published"), dict)), None)
+    return {"turns_learnt": last.get("turn_clock", 0), "turns_waiting": waiting, "facts": last.get("facts", 0),
+            "unpublished_updates": last.get("unpublished_updates"), "metrics": last.get("metrics", {}),
+            "last_published": {k: published[k] for k in ("version", "reason") if k in published} if published else None}

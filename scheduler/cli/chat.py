@@ -146,9 +146,13 @@ def _loop(client: ServeClient, model: str) -> None:
             continue
         if line == "/stats":
             table = Table(show_header=False, box=None)
-            for key, value in client.get("/v1/stats").items():
+            figures = client.get("/v1/stats")
+            online = figures.pop("online", None)
+            for key, value in figures.items():
                 table.add_row(key.replace("_", " "), json.dumps(value) if isinstance(value, (dict, list)) else str(value))
             console.print(table)
+            if online:
+                _print_online(online)
             continue
         if line == "/facts":
             _print_facts(client.get("/v1/facts"))
@@ -164,6 +168,24 @@ def _loop(client: ServeClient, model: str) -> None:
             console.print(piece, end="", markup=False, highlight=False)
         console.print(f"  [dim]({served})[/dim]")
         messages.append({"role": "assistant", "content": text})
+
+
+def _print_online(online: dict) -> None:
+    """The online learner's figures: stability, plasticity, forgetting, and what it published."""
+    from rich.table import Table
+
+    metrics = online.get("metrics") or {}
+    table = Table(title="online learning", show_header=False, box=None)
+    table.add_row("turns", f"{online['turns_learnt']} learnt, {online['turns_waiting']} waiting")
+    table.add_row("facts", str(online["facts"]))
+    for part in ("stability", "plasticity", "forgetting"):
+        values = metrics.get(part) or {}
+        table.add_row(part, ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items()) or "–")
+    published = online.get("last_published")
+    table.add_row("versions", (f"last v{published['version']} ({published.get('reason', '')})" if published
+                               else "none published yet")
+                  + (f"; {online['unpublished_updates']} turns since" if online.get("unpublished_updates") else ""))
+    console.print(table)
 
 
 def _print_facts(body: dict[str, Any]) -> None:

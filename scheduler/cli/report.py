@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a self-contained HTML report (accuracy matrix, forgetting, loss, production timeline)."""
         from scheduler.report import Gate, build_report
-        from scheduler.report.page import summary_rows
+        from scheduler.report.page import online_rows, summary_rows
 
         settings = state.settings
         out_dir = out or settings.home / "report"
@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
             files = build_report(session, out_dir, alias=alias, lineages=lineage or None, gate=gate)
         rows = summary_rows(files.data)
         if json_output:
-            print_json({"html": str(files.html), "pngs": [str(p) for p in files.pngs], "versions": rows})
+            print_json({"html": str(files.html), "pngs": [str(p) for p in files.pngs], "versions": rows,
+                        "online": online_rows(files.data, last=1000)})
             return
         if not rows:
             console.print("no adapter versions yet: run `continuum demo` or a pipeline first")
@@ -50,4 +51,11 @@ def register(app: typer.Typer) -> None:
             cells = [row["version"] + (" *" if holds else "")] + [row[key] for key in list(columns)[1:]]
             table.add_row(*cells, style="bold green" if holds else None)
         console.print(table)
+        online = online_rows(files.data, last=1)
+        if online:
+            # The last online job of each lineage: stability, plasticity and forgetting in one line each.
+            for row in online:
+                console.print(f"online {row['lineage']}: {row['turns']} turns, {row['facts']} facts, ppl drift "
+                              f"{row['ppl drift']}, KL {row['KL to base']}, recent loss {row['recent loss']}, "
+                              f"regression {row['regression']}, last published {row['published']}")
         console.print(f"report: [bold]{files.html.resolve()}[/bold] (+ {len(files.pngs)} PNGs)")

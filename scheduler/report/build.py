@@ -51,6 +51,16 @@ def report_plots(data: ReportData, gate: draw.Gate | None = None) -> list[Plot]:
         ),
         Plot("loss_curves.png", "Training loss", "Training loss per step of each version.", draw.loss_curves(data)),
         Plot(
+            "online_learning.png",
+            "Online learning from chat turns",
+            "Per online job, over the turns learnt: stability (perplexity drift of the base's own answers to "
+            "anchor prompts, relative to the base), plasticity (task loss of the last turns before their "
+            "first step) and forgetting (anchor regression: the perplexity rise, 0 when it fell). Green "
+            "dashes: a version published through evaluate → promote; red dots: the state restarted from "
+            "production (its version was refused, or production moved).",
+            draw.online_learning(data),
+        ),
+        Plot(
             "production_timeline.png",
             f"Who held {data.alias} when",
             "Bars: the version holding the alias over time (dots: promotions, triangles: rollbacks); "

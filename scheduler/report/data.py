@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.db.models import Adapter, AliasHistory, Evaluation
+from common.db.models import Adapter, AliasHistory, Evaluation, Job
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,55 @@ class ProductionSpan:
     end: datetime | None
 
 
+@dataclass(frozen=True)
+class OnlinePoint:
+    """One online job's figures (`workers/online/session.py`): where the lineage stood after it."""
+
+    lineage: str
+    at: datetime
+    turns: int  # the turn clock: turns learnt so far
+    facts: int
+    anchor_perplexity: float | None
+    kl_to_base: float | None
+    perplexity_drift: float | None
+    recent_loss: float | None
+    loss_improvement: float | None
+    adaptation_speed: float | None
+    anchor_regression: float | None
+    forgetting_rate: float | None  # anchor regression per 100 turns
+    published_version: int | None  # the version this job published, if any
+    restarted: str | None = None  # why the state restarted from production in this job
+
+
+def online_points(session: Session, lineages: list[str] | None = None) -> dict[str, list[OnlinePoint]]:
+    """The succeeded online jobs that applied turns, per lineage, oldest first."""
+    found: dict[str, list[OnlinePoint]] = {}
+    jobs = session.scalars(select(Job).where(Job.kind == "online", Job.state == "succeeded")
+                           .order_by(Job.finished_at, Job.created_at))
+    for job in jobs:
+        result = job.result if isinstance(job.result, dict) else {}
+        if result.get("status") != "applied" or (lineages and result.get("lineage") not in lineages):
+            continue
+        metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+        part = lambda name: metrics.get(name) if isinstance(metrics.get(name), dict) else {}  # noqa: E731
+        stability, plasticity, forgetting = part("stability"), part("plasticity"), part("forgetting")
+        published = result.get("published") if isinstance(result.get("published"), dict) else {}
+        found.setdefault(str(result.get("lineage")), []).append(OnlinePoint(
+            lineage=str(result.get("lineage")), at=as_utc(job.finished_at or job.created_at),
+            turns=int(result.get("turn_clock") or 0), facts=int(result.get("facts") or 0),
+            anchor_perplexity=_number(stability.get("anchor_perplexity")),
+            kl_to_base=_number(stability.get("kl_to_base")),
+            perplexity_drift=_number(stability.get("perplexity_drift")),
+            recent_loss=_number(plasticity.get("recent_loss")),
+            loss_improvement=_number(plasticity.get("loss_improvement")),
+            adaptation_speed=_number(plasticity.get("adaptation_speed")),
+            anchor_regression=_number(forgetting.get("anchor_regression")),
+            forgetting_rate=_number(forgetting.get("forgetting_rate_per_100_turns")),
+            published_version=published.get("version"), restarted=result.get("restarted"),
+        ))
+    return found
+
+
 @dataclass
 class ReportData:
     """Everything the report renders."""
@@ -87,6 +136,7 @@ class ReportData:
     dataset_labels: dict[int, str]
     alias_events: list[AliasEvent]
     spans: list[ProductionSpan]
+    online: dict[str, list[OnlinePoint]] = field(default_factory=dict)  # lineage → online jobs, oldest first
 
     @property
     def versions(self) -> list[VersionPoint]:
@@ -268,4 +318,5 @@ def load_report_data(session: Session, alias: str = "production", lineages: list
         dataset_labels=dataset_labels,
         alias_events=events,
         spans=production_spans(events),
+        online=online_points(session, lineages),
     )

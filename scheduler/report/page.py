@@ -72,6 +72,37 @@ def summary_rows(data: ReportData) -> list[dict[str, str]]:
     return rows
 
 
+def online_rows(data: ReportData, last: int = 10) -> list[dict[str, str]]:
+    """The last online jobs of each lineage: stability, plasticity, forgetting, what they published."""
+    rows = []
+    for lineage, points in data.online.items():
+        for point in points[-last:]:
+            rows.append({
+                "lineage": lineage, "finished": point.at.strftime("%Y-%m-%d %H:%M"), "turns": str(point.turns),
+                "facts": str(point.facts), "anchor ppl": _fmt(point.anchor_perplexity),
+                "KL to base": _fmt(point.kl_to_base, 4), "ppl drift": _fmt(point.perplexity_drift, 3),
+                "recent loss": _fmt(point.recent_loss), "loss gain": _fmt(point.loss_improvement),
+                "speed": _fmt(point.adaptation_speed, 3), "regression": _fmt(point.anchor_regression, 3),
+                "per 100 turns": _fmt(point.forgetting_rate, 3),
+                "published": (f"v{point.published_version}" if point.published_version is not None else "–")
+                + (f" (restarted: {point.restarted})" if point.restarted else ""),
+            })
+    return rows
+
+
+def online_table(data: ReportData) -> str:
+    rows = online_rows(data)
+    if not rows:
+        return ""
+    header = "".join(f"<th>{escape(name)}</th>" for name in rows[0])
+    body = "".join("<tr>" + "".join(
+        f'<td class="text">{escape(v)}</td>' if k in ("lineage", "finished", "published") else f"<td>{escape(v)}</td>"
+        for k, v in row.items()) + "</tr>" for row in rows)
+    return (f"<h2>Online learning</h2><p>The last online jobs of each lineage (stability, plasticity and "
+            f"forgetting after each; the plot below has them all).</p>"
+            f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+
+
 def render_page(data: ReportData, plots: list[Plot]) -> str:
     """The whole page as one HTML string."""
     rows = summary_rows(data)
@@ -96,6 +127,7 @@ def render_page(data: ReportData, plots: list[Plot]) -> str:
             f'<img alt="{escape(plot.title)}" src="data:image/png;base64,{encoded}">'
             f"<figcaption>{escape(plot.caption)}</figcaption></figure>"
         )
+    online = online_table(data)
     generated = data.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     holder_text = escape(holder) if holder else "nobody"
     return (
@@ -105,5 +137,5 @@ def render_page(data: ReportData, plots: list[Plot]) -> str:
         "<h1>continuum: adapter history</h1>"
         f'<p class="meta">Generated {generated} · {len(data.versions)} versions in {len(data.lineages)} '
         f"lineage(s) · <code>{escape(data.alias)}</code> is held by <strong>{holder_text}</strong></p>"
-        f"<h2>Versions</h2>{table}{''.join(figures)}</body></html>\n"
+        f"<h2>Versions</h2>{table}{online}{''.join(figures)}</body></html>\n"
     )

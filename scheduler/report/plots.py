@@ -178,3 +178,30 @@ def alias_timeline(data: ReportData) -> bytes:
     axes.grid(axis="x", alpha=0.3)
     figure.autofmt_xdate()
     return _png(figure)
+
+
+def online_learning(data: ReportData) -> bytes:
+    """Stability, plasticity and forgetting of online learning over the turn clock, one row per lineage."""
+    lineages = {name: points for name, points in data.online.items() if points}
+    if not lineages:
+        return _empty("Online learning", "no online learning recorded (CONTINUUM_ONLINE=true turns it on)")
+    figure = _new_figure(12, 3.2 * len(lineages) + 0.4)
+    rows = figure.subplots(len(lineages), 3, squeeze=False)
+    panels = (("stability: anchor perplexity drift", "perplexity_drift"),
+              ("plasticity: recent loss", "recent_loss"),
+              ("forgetting: anchor regression", "anchor_regression"))
+    for axes_row, (name, points) in zip(rows, lineages.items()):
+        for axes, (title, attribute) in zip(axes_row, panels):
+            shown = [(p.turns, getattr(p, attribute)) for p in points if getattr(p, attribute) is not None]
+            if shown:
+                axes.plot(*zip(*shown), marker="o", markersize=3, color="C0")
+            for point in points:  # versions published, and restarts from production
+                if point.published_version is not None:
+                    axes.axvline(point.turns, color="C2", alpha=0.5, linestyle="--")
+                    axes.text(point.turns, 1.0, f" v{point.published_version}", transform=axes.get_xaxis_transform(),
+                              fontsize=7, color="C2", va="top")
+                if point.restarted:
+                    axes.axvline(point.turns, color="C3", alpha=0.5, linestyle=":")
+            axes.set(title=f"{name}: {title}", xlabel="turns learnt")
+            axes.grid(alpha=0.3)
+    return _png(figure)

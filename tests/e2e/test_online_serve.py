@@ -84,6 +84,15 @@ def test_a_fact_said_in_chat_is_learnt_by_the_online_worker(tmp_path):
                     break
                 time.sleep(1)
         assert health["serving"].get("production") == "default@v1", health
+        with httpx.Client(base_url=url, timeout=30) as client:
+            online = client.get("/v1/stats").json()["online"]  # what `continuum chat` shows under /stats
+        assert online["turns_learnt"] == 2 and online["turns_waiting"] == 0 and online["facts"] == 1
+        assert online["last_published"]["version"] == 1 and "stability" in online["metrics"]
+        shown = subprocess.run([sys.executable, "-m", "scheduler", "chat", "--url", url], input="/stats\n/quit\n",
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        assert "online learning" in shown.stdout and "2 learnt, 0 waiting" in shown.stdout, shown.stdout
+        assert "last v1" in shown.stdout and "anchor perplexity" in shown.stdout
         with session_scope(sessions) as session:
             steps = {j.kind: j.state for j in session.scalars(select(Job).where(Job.pipeline_run_id.is_not(None)))}
             assert steps == {"evaluate": "succeeded", "promote": "succeeded"}

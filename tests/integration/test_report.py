@@ -16,7 +16,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from common.db import create_db_engine, session_factory
-from common.db.models import Adapter, AliasHistory, Dataset, Evaluation
+from common.db.models import Adapter, AliasHistory, Dataset, Evaluation, Job
 from scheduler.report import Gate, build_report
 from scheduler.report.data import accuracy_row, forgetting_pair
 
@@ -93,6 +93,19 @@ def populate(session) -> dict[str, int]:
                 succeeded=ok, reason=None if ok else "forgetting 0.450 > 0.100", created_at=T0 + timedelta(hours=hours),
             )
         )
+    for n, (turns, drift, published, restarted) in enumerate(
+            ((10, 0.02, None, None), (25, 0.05, {"version": 4}, None), (40, 0.01, None, "the gate refused v4"))):
+        # Online jobs of the `default` lineage, as `workers/online/job.py` records them.
+        metrics = {"turns": turns, "facts": 3 + n,
+                   "stability": {"anchor_perplexity": 4.0 + drift, "kl_to_base": 0.01 * (n + 1), "perplexity_drift": drift},
+                   "plasticity": {"recent_loss": 2.0 - 0.3 * n, "loss_improvement": 0.4, "adaptation_speed": 0.2},
+                   "forgetting": {"anchor_regression": drift, "forgetting_rate_per_100_turns": 100 * drift / turns}}
+        result = {"status": "applied", "lineage": "default", "turn_clock": turns, "facts": 3 + n, "metrics": metrics,
+                  **({"published": published} if published else {}), **({"restarted": restarted} if restarted else {})}
+        session.add(Job(id=f"online-{n}", kind="online", queue="online", state="succeeded", result=result,
+                        idempotency_key=f"online-{n}", finished_at=T0 + timedelta(days=15, hours=n)))
+    session.add(Job(id="online-skip", kind="online", queue="online", state="succeeded", idempotency_key="online-skip",
+                    result={"status": "skipped", "lineage": "default"}, finished_at=T0 + timedelta(days=16)))
     session.commit()
     return ids
 
@@ -111,7 +124,7 @@ def report(migrated_sqlite_url, tmp_path):
 def test_report_files_are_valid_images_and_data_is_right(report):
     names = sorted(p.name for p in report.pngs)
     assert names == [
-        "accuracy_matrix_default.png", "accuracy_matrix_naive.png", "loss_curves.png",
+        "accuracy_matrix_default.png", "accuracy_matrix_naive.png", "loss_curves.png", "online_learning.png",
         "production_timeline.png", "recall_forgetting_retention.png",
     ]
     for path in report.pngs:
@@ -134,6 +147,10 @@ def test_report_files_are_valid_images_and_data_is_right(report):
     assert new.forgetting_max == pytest.approx(0.05) and new.forgetting_mean == pytest.approx(0.025)
     assert sorted(new.accuracy_by_dataset.values()) == pytest.approx([0.812, 0.855, 0.9], abs=1e-3)
     assert data.lineages["default"][0].forgetting_max is None  # a first cycle has nothing to forget: not 0
+    online = data.online["default"]  # the skipped job is not a point
+    assert [(p.turns, p.published_version, p.restarted) for p in online] == [
+        (10, None, None), (25, 4, None), (40, None, "the gate refused v4")]
+    assert online[1].perplexity_drift == pytest.approx(0.05) and online[2].recent_loss == pytest.approx(1.4)
 
 
 def test_report_page_is_self_contained(report):
@@ -144,7 +161,11 @@ def test_report_page_is_self_contained(report):
     assert not re.search(r"(src|href)=\"(https?:)?//", html), "the page must not load anything from the network"
     assert "<script" not in html
     assert "default@v2" in html and "forgetting 0.450" not in html  # reasons stay in the DB, not the summary
-    assert "plasticity" not in html.lower() and "held-out data" not in html
+    versions = html[html.index("<h2>Versions</h2>"):html.index("<h2>Online learning</h2>")]
+    # "plasticity" once meant recall here; now it is only online learning's loss figures.
+    assert "plasticity" not in versions.lower() and "held-out data" not in html
+    online = html[html.index("<h2>Online learning</h2>"):]
+    assert "v4" in online and "restarted: the gate refused v4" in online and "0.050" in online
     assert "probe rows" in html and "never replayed" in html and "general retention" in html
     assert "backward transfer" in html and "-0.08" in html
     assert "every 1: 20 × 0.100; every 4: 5 × 0.200" in html  # the nested tiers' statistics
@@ -234,9 +255,11 @@ def test_cli_report_writes_the_page_and_prints_the_summary(migrated_sqlite_url, 
     as_json = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert as_json.returncode == 0, as_json.stderr
     payload = json.loads(as_json.stdout)
-    assert Path(payload["html"]) == out / "index.html" and len(payload["pngs"]) == 5
+    assert Path(payload["html"]) == out / "index.html" and len(payload["pngs"]) == 6
     assert [row["version"] for row in payload["versions"]][:3] == ["default@v1", "default@v2", "default@v3"]
+    assert [row["turns"] for row in payload["online"]] == ["10", "25", "40"]
     table = subprocess.run([*cli, "--lineage", "default"], env=env, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
     assert "default@v3" in table.stdout and "naive@v1" not in table.stdout
+    assert "online default: 40 turns, 5 facts" in table.stdout
     assert "index.html" in table.stdout

@@ -95,18 +95,24 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
         return _error(401, "missing or wrong bearer token: send `Authorization: Bearer $CONTINUUM_SERVE_TOKEN`",
                       "invalid_api_key", "authentication_error")
 
+    def serving() -> dict[str, str]:
+        """Followed name → the version it answers with now."""
+        return {name: v.name for name, v in engine.followed().items()}
+
     @app.get("/health")
     def health() -> dict[str, Any]:
-        followed = engine.followed()
-        return {"status": "ok", "base_model": engine.base_model, "follows": follower.target,
-                "serving": {name: v.name for name, v in followed.items()},
+        return {"status": "ok", "base_model": engine.base_model, "follows": follower.target, "serving": serving(),
                 "loaded": [v.name for v in engine.loaded], "swaps": follower.swaps,
                 "follow_error": follower.last_error}
 
     @app.get("/v1/stats", dependencies=[Depends(authorised)])
     def serve_stats() -> dict[str, Any]:
-        return {**stats.as_dict(), "serving": {name: v.name for name, v in engine.followed().items()},
-                "swaps": follower.swaps}
+        from common.online.store import online_status
+
+        followed = engine.followed()
+        lineage = next(iter(followed.values())).lineage if followed else settings.adapter_name
+        return {**stats.as_dict(), "serving": serving(), "swaps": follower.swaps,
+                "online": online_status(sessions, lineage) if settings.online else None}
 
     @app.get("/v1/facts", dependencies=[Depends(authorised)])
     def facts(lineage: str = "") -> dict[str, Any]:
@@ -129,7 +135,6 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
     async def chat(body: ChatRequest) -> Any:
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        requested = body.model
         limit = min(body.max_completion_tokens or body.max_tokens or settings.serve_max_new_tokens,
                     settings.serve_max_new_tokens)
         temperature = settings.serve_temperature if body.temperature is None else body.temperature
@@ -157,7 +162,7 @@ def create_app(engine: ChatEngine, follower: Follower, sessions: Any, settings: 
         stats.answered(answer)
         await anyio.to_thread.run_sync(record_served_response, sessions, response_id, answer.adapter_id,
                                        answer.model, messages, answer.text)
-        await anyio.to_thread.run_sync(learn_online, settings, sessions, requested, answer, messages, response_id)
+        await anyio.to_thread.run_sync(learn_online, settings, sessions, body.model, answer, messages, response_id)
         return {
             "id": response_id, "object": "chat.completion", "created": created, "model": answer.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
