@@ -187,6 +187,13 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         return self
 
+    @model_validator(mode="after")
+    def _valid_chunking(self) -> Settings:
+        if self.documents_chunk_overlap >= self.documents_chunk_tokens:
+            raise ValueError(f"CONTINUUM_DOCUMENTS_CHUNK_OVERLAP ({self.documents_chunk_overlap}) must be smaller "
+                             f"than CONTINUUM_DOCUMENTS_CHUNK_TOKENS ({self.documents_chunk_tokens})")
+        return self
+
     train_epochs: int = Field(0, ge=0, description="Epochs per training cycle; 0 = the recipe's default.")
     suppression_margin: float = Field(
         2.0, ge=0,
@@ -240,7 +247,7 @@ class Settings(BaseSettings):
     job_soft_time_limits: dict[str, int] = Field(
         default_factory=lambda: {
             "export": 1800, "fisher": 3600, "train": 6 * 3600, "evaluate": 3600, "promote": 300,
-            "sleep": 600, "noop": 60, "online": 1800,
+            "sleep": 600, "noop": 60, "online": 1800, "ingest": 1800,
         },
         description="Per job kind, seconds before the job is asked to checkpoint and requeue (JSON object).",
     )
@@ -376,6 +383,17 @@ class Settings(BaseSettings):
     )
     online_memory_remove_below: float = Field(
         0.05, ge=0, lt=1, description="A fact whose importance falls below this is removed."
+    )
+    # Learning from documents (`continuum documents`, `workers/ingest`).
+    documents_max_bytes: int = Field(5_000_000, ge=1, description="Largest document file `continuum documents add` takes.")
+    documents_chunk_tokens: int = Field(
+        128, ge=16, le=4096, description="Tokens per document chunk (the model's tokenizer); a chunk is one training row."
+    )
+    documents_chunk_overlap: int = Field(
+        16, ge=0, description="Tokens a chunk shares with the one before it (facts cut at a boundary stay whole in one)."
+    )
+    documents_probe_percent: int = Field(
+        20, ge=0, le=100, description="Share of chunks kept as probe rows: taught, never replayed, scored for forgetting."
     )
     online_publish_every: int = Field(
         25, ge=0, description="Publish the online adapter as a version (evaluate → promote) after this many "

@@ -63,12 +63,14 @@ def run_job(settings: Settings, kind: str, params: dict[str, Any], console: Cons
 
 def follow_pipeline(settings: Settings, run_id: str, console: Console, timeout: float = 3600) -> dict[str, Any]:
     """Live progress bars per pipeline step until the run finishes; returns its final status."""
-    from scheduler.pipeline import STEPS, pipeline_status
+    from scheduler.pipeline import pipeline_status
 
     deadline = time.monotonic() + timeout
     with Progress(TextColumn("{task.description:<9}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bars:
-        tasks = {step: bars.add_task(step, total=1, info="waiting", start=False) for step in STEPS}
+        status = pipeline_status(settings, run_id)
+        plan = status["plan"]
+        tasks = {step: bars.add_task(step, total=1, info="waiting", start=False) for step in plan}
         while True:
             status = pipeline_status(settings, run_id)
             for step, info in status["steps"].items():
@@ -79,7 +81,7 @@ def follow_pipeline(settings: Settings, run_id: str, console: Console, timeout: 
                 bars.start_task(tasks[step])
                 bars.update(tasks[step], total=total, completed=done, info=label)
             if status["state"] != "running":
-                for step in STEPS:  # steps the run ended before: say so rather than "waiting"
+                for step in plan:  # steps the run ended before: say so rather than "waiting"
                     if step not in status["steps"]:
                         bars.update(tasks[step], info="not run")
                 return status

@@ -394,3 +394,35 @@ class Worker(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Document(Base):
+    """A document to learn from (`continuum documents add`); its text is in the object store.
+
+    The row is written only after the text object is complete, and the text's sha256 is unique, so
+    adding the same document twice (under any file name) is a no-op.
+    """
+
+    __tablename__ = "documents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    source: Mapped[str] = mapped_column(String(1000))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    text_key: Mapped[str] = mapped_column(String(1000))
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))  # the latest ingest's dataset
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DocumentQA(Base):
+    """A question about the documents with its answer: evaluation only, never trained on."""
+
+    __tablename__ = "document_qa"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)  # of (question, answer): re-adding is a no-op
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id"))
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -42,6 +42,8 @@ KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
         JobKind("export", "continuum.export", "workers.export.job:run", "inline", needs_device=False),
+        # Tokenising documents needs only the tokenizer: light enough for the io queue.
+        JobKind("ingest", "continuum.ingest", "workers.ingest.job:run", "inline", needs_device=False),
         JobKind("fisher", "continuum.fisher", "workers.fisher.logic:run", "process", needs_device=True),
         JobKind("train", "continuum.train", "workers.train.logic:run", "process", needs_device=True),
         JobKind("evaluate", "continuum.evaluate", "workers.evaluate.logic:run", "process", needs_device=True),

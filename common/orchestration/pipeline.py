@@ -30,6 +30,21 @@ from common.orchestration.context import Orchestrator
 from common.orchestration.enqueue import enqueue_job
 
 STEPS = ("export", "fisher", "train", "evaluate", "promote")
+# A run follows one plan (`params["plan"]`, default "feedback"): what the cycle learns from decides its
+# first step; everything after it — the Fisher, training, the gate — is the same machinery.
+PLANS: dict[str, tuple[str, ...]] = {
+    "feedback": STEPS,
+    "documents": ("ingest", "fisher", "train", "evaluate", "promote"),
+}
+ALL_STEPS = ("export", "ingest", "fisher", "train", "evaluate", "promote")
+
+
+def steps_of(run: PipelineRun) -> tuple[str, ...]:
+    """The run's steps in order (its plan's)."""
+    plan = (run.params or {}).get("plan", "feedback")
+    if plan not in PLANS:
+        raise ValidationError(f"unknown pipeline plan {plan!r}; one of {', '.join(PLANS)}")
+    return PLANS[plan]
 # Steps whose "skipped" result does not end the run (a first cycle has no adapter to take a Fisher of).
 _OPTIONAL = {"fisher"}
 _LIVE = (JobState.queued.value, JobState.running.value)
@@ -68,11 +83,15 @@ def start_pipeline(
         raise ValidationError("a scheduled pipeline run needs its tick")
     run_id = str(uuid.uuid4())
     key = schedule_key(schedule, tick) if schedule else (idempotency_key or f"manual:{run_id}")
+    plan = (params or {}).get("plan", "feedback")
+    if plan not in PLANS:
+        raise ValidationError(f"unknown pipeline plan {plan!r}; one of {', '.join(PLANS)}")
     with session_scope(orch.sessions) as session:
-        run = insert_pipeline_run(session, run_id, key, params or {}, schedule=schedule, tick=tick)
+        run = insert_pipeline_run(session, run_id, key, params or {}, first_step=PLANS[plan][0], schedule=schedule,
+                                  tick=tick)
     created = run.id == run_id
     if created:
-        enqueue_step(orch, run, STEPS[0], attempt=0)
+        enqueue_step(orch, run, run.current_step, attempt=0)
     return run, created
 
 
@@ -87,8 +106,8 @@ def insert_pipeline_run(session: Session, run_id: str, key: str, params: dict[st
     `evaluate`, its adapter and dataset in `params["steps"]["evaluate"]`, and goes through the same
     evaluate → promote gate as a batch cycle.
     """
-    if first_step not in STEPS:
-        raise ValidationError(f"unknown pipeline step {first_step!r}; one of {', '.join(STEPS)}")
+    if first_step not in ALL_STEPS:
+        raise ValidationError(f"unknown pipeline step {first_step!r}; one of {', '.join(ALL_STEPS)}")
     session.execute(_insert_run(session, dict(
         id=run_id, idempotency_key=key, schedule=schedule, tick=tick, state=JobState.running.value,
         current_step=first_step, params=params, created_at=utc_now(),
@@ -110,7 +129,9 @@ def _step_params(orch: Orchestrator, run: PipelineRun, step: str, done: dict[str
     overrides = dict((run.params or {}).get("steps", {}).get(step, {}))
     if step == "export":
         return {"min_rows": orch.settings.pipeline_min_samples, **overrides}
-    dataset_id = result.get("export", {}).get("dataset_id")
+    if step == "ingest":
+        return overrides
+    dataset_id = result.get("export", result.get("ingest", {})).get("dataset_id")
     if step == "fisher":
         # The Fisher is for the train step that reads it: same recipe, overrides, lineage and parent
         # (train refuses a Fisher of another adapter or parameter space).
@@ -177,10 +198,11 @@ def advance_pipeline(orch: Orchestrator, run_id: str) -> str:
     elif state is JobState.skipped and step not in _OPTIONAL:
         reason = (job.result or {}).get("reason", "nothing to do")
         _finish_run(orch, run_id, step, JobState.skipped, f"{step} skipped: {reason}")
-    elif step == STEPS[-1]:
+    elif step == steps_of(run)[-1]:
         _finish_run(orch, run_id, step, JobState.succeeded, None)
     else:
-        following = STEPS[STEPS.index(step) + 1]
+        plan = steps_of(run)
+        following = plan[plan.index(step) + 1]
         with session_scope(orch.sessions) as session:
             moved = session.execute(
                 update(PipelineRun)
@@ -300,6 +322,7 @@ def pipeline_status(orch: Orchestrator, run_id: str) -> dict[str, Any]:
             "steps": {
                 step: {"job_id": job.id, "state": job.state, "attempts": job.attempts, "progress": job.progress,
                        "result": job.result, "error": job.error}
-                for step, job in ((s, jobs.get(s)) for s in STEPS) if job is not None
+                for step, job in ((s, jobs.get(s)) for s in ALL_STEPS) if job is not None
             },
+            "plan": list(steps_of(run)),
         }

@@ -23,7 +23,7 @@ from common.db.engine import session_scope
 from common.db.models import JobState, PipelineRun
 from common.ledger import utc_now
 from common.orchestration.context import Orchestrator
-from common.orchestration.pipeline import STEPS, advance_pipeline, enqueue_step, step_jobs
+from common.orchestration.pipeline import advance_pipeline, enqueue_step, step_jobs, steps_of
 
 
 @dataclass
@@ -58,8 +58,9 @@ def reconcile_pipelines(orch: Orchestrator, grace_seconds: float | None = None,
                 result.advanced.append(run.id)
             continue
         # No job for the current step: when did the run arrive there? (the previous step's end)
-        index = STEPS.index(run.current_step)
-        previous = jobs[run.id].get(STEPS[index - 1]) if index else None
+        plan = steps_of(run)
+        index = plan.index(run.current_step)
+        previous = jobs[run.id].get(plan[index - 1]) if index else None
         since = _aware(previous.finished_at if previous is not None and previous.finished_at else run.created_at)
         if since is None or now - since >= grace:
             enqueue_step(orch, run, run.current_step, attempt=0)

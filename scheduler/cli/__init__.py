@@ -29,6 +29,7 @@ _TOPICS = [
     "scheduler.cli.db",
     "scheduler.cli.feedback",
     "scheduler.cli.export",
+    "scheduler.cli.documents",
     "scheduler.cli.config",
     "scheduler.cli.report",
     "scheduler.cli.worker",

@@ -355,3 +355,26 @@ class _HashingReader(io.RawIOBase):
         data = self._src.read(size)
         self.sha256.update(data)
         return data
+
+
+def publish_rows(store: ObjectStore, prefix: str, rows: Sequence[dict[str, Any]], kind: str,
+                 manifest_extra: dict[str, Any]) -> tuple[str, dict[str, int]]:
+    """Publish a small dataset built in memory (an online version's facts, a document's chunks) in the
+    shard format, manifest last. Each row already names its split. Returns (sha256, rows per split)."""
+    import tempfile
+    from pathlib import Path
+
+    from common.objectstore.artifacts import publish_artifact
+
+    counts = {split: sum(1 for r in rows if r["split"] == split) for split in SPLITS}
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = Path(tmp) / SHARD_NAME
+        with gzip.GzipFile(shard, "wb", mtime=0) as out:  # mtime=0: the same rows give the same bytes
+            for row in rows:
+                out.write((json.dumps(row, ensure_ascii=True) + "\n").encode())
+        sha256 = hashlib.sha256(shard.read_bytes()).hexdigest()
+        publish_artifact(store, prefix, {SHARD_NAME: shard}, {
+            "kind": kind, "schema_version": SCHEMA_VERSION, "shard": SHARD_NAME, "sha256": sha256,
+            "feedback_id_range": [None, None], **manifest_extra, "counts": {**counts, **manifest_extra.get("counts", {})},
+        })
+    return sha256, counts

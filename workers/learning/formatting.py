@@ -1,6 +1,7 @@
 """Rows → token ids, with the loss mask: the prompt is context, only the assistant's answer is learned.
 
-A row is an exported sample: ``{"prompt", "response", "messages", "weight", "feedback", "unlikelihood"}``.
+A row is an exported sample: ``{"prompt", "response", "messages", "weight", "feedback", "unlikelihood"}``,
+or a document chunk ``{"text", …}`` (`workers/ingest`), learned as plain text with no template.
 
 With a chat template the *whole* conversation, answer included, is rendered by the model's own
 ``apply_chat_template``, and the loss covers exactly the assistant span: the answer text and the
@@ -126,6 +127,11 @@ def encode_rows(rows: Sequence[dict[str, Any]], tokenizer: Any, max_length: int)
     stops = end_of_turn_ids(tokenizer)
     if not stops:
         raise ValueError("the tokenizer has neither an end-of-turn nor an EOS token: set its eos_token")
+    if any(r.get("text") for r in rows):  # document chunks: plain language modelling, no template
+        plain = {i: _encode_text(r, tokenizer, max_length) for i, r in enumerate(rows) if r.get("text")}
+        chat = [r for r in rows if not r.get("text")]
+        encoded = iter(encode_rows(chat, tokenizer, max_length) if chat else [])
+        return [plain[i] if i in plain else next(encoded) for i in range(len(rows))]
     texts = [prompt_text(r, tokenizer) for r in rows]
     answers = [answer_text(r, tokenizer, p) for r, p in zip(rows, texts, strict=True)]
     prompts = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -152,6 +158,16 @@ def encode_rows(rows: Sequence[dict[str, Any]], tokenizer: Any, max_length: int)
             )
         )
     return samples
+
+
+def _encode_text(row: dict[str, Any], tokenizer: Any, max_length: int) -> EncodedSample:
+    """A document chunk (`{"text": …}`, `workers/ingest`): every token after the first is learned, as in
+    pretraining; no chat template and no end-of-turn, because a document is not an answer."""
+    ids = tokenizer.encode(row["text"], add_special_tokens=False)[:max_length]
+    if len(ids) < 2:
+        ids = ids + [tokenizer.eos_token_id]
+    return EncodedSample(input_ids=ids, labels=[IGNORE_INDEX] + ids[1:], weight=float(row.get("weight", 1.0)),
+                         unlikelihood=False, prompt_len=1)
 
 
 def _through_end_of_turn(ids: list[int], stops: list[int]) -> list[int] | None:

@@ -35,11 +35,13 @@ def generate_answers(
     rows: Sequence[dict[str, Any]],
     max_new_tokens: int | None = None,
     batch_size: int = 32,
+    logits_processor: Any = None,
 ) -> list[str]:
     """Greedy answers for `rows` (their prompt/messages), decoded without special tokens and stripped.
 
     `max_new_tokens=None` generates enough for the longest reference `response` in `rows` (so exact
     match never compares a cut answer), or `MIN_NEW_TOKENS` when the rows carry none.
+    `logits_processor` (a transformers `LogitsProcessorList`) is passed to `generate` (retrieval's bias).
     """
     if not rows:
         return []
@@ -72,6 +74,7 @@ def generate_answers(
                 use_cache=True,
                 pad_token_id=pad_id,
                 eos_token_id=stops,
+                **({"logits_processor": logits_processor} if logits_processor is not None else {}),
             )  # (B, T + new)
             for row, i in enumerate(chunk):
                 answers[i] = tokenizer.decode(_until_stop(output[row, width:].tolist(), stops),

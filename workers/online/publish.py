@@ -30,14 +30,12 @@ replay teaches the important facts again.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -45,9 +43,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.db.models import Adapter, Dataset, OnlineTurn
-from common.objectstore.artifacts import MANIFEST, publish_artifact
+from common.objectstore.artifacts import MANIFEST
 from common.objectstore.keys import join
-from workers.export.shard import SCHEMA_VERSION, SHARD_NAME
+from workers.export.shard import SCHEMA_VERSION
 from workers.online.rows import fact_rows, held_out_row
 
 DATASET_KIND = "online"
@@ -199,22 +197,17 @@ def upload(ctx: Any, lineage: str, model: Any, reason: str, facts: list[dict[str
     """Upload the adapter and the dataset (each manifest last) under this attempt's prefixes."""
     from workers.learning.lora import publish_adapter
 
+    from workers.export.shard import publish_rows
+
     rows = dataset_rows(facts)
-    counts = {split: sum(1 for r in rows if r["split"] == split) for split in ("train", "probe", "holdout")}
     uid = f"online-{ctx.job_id}"
     dataset_prefix = ctx.attempt_prefix(f"datasets/{uid}")
     adapter_prefix = ctx.attempt_prefix(f"adapters/{lineage}/{ctx.job_id}")
+    sha256, counts = publish_rows(ctx.store, dataset_prefix, rows, DATASET_KIND, {
+        "dataset_uid": uid, "job_id": ctx.job_id, "counts": {"facts": len(facts)},
+        "policy": {"source": "online", "lineage": lineage}})
+    counts = {k: counts[k] for k in ("train", "probe", "holdout")}
     with tempfile.TemporaryDirectory() as tmp:
-        shard = Path(tmp) / SHARD_NAME
-        with gzip.GzipFile(shard, "wb", mtime=0) as out:
-            for row in rows:
-                out.write((json.dumps(row, ensure_ascii=True) + "\n").encode())
-        sha256 = hashlib.sha256(shard.read_bytes()).hexdigest()
-        publish_artifact(ctx.store, dataset_prefix, {SHARD_NAME: shard}, {
-            "kind": DATASET_KIND, "schema_version": SCHEMA_VERSION, "dataset_uid": uid, "job_id": ctx.job_id,
-            "shard": SHARD_NAME, "sha256": sha256, "counts": {**counts, "facts": len(facts)},
-            "feedback_id_range": [None, None], "policy": {"source": "online", "lineage": lineage},
-        })
         publish_adapter(ctx.store, adapter_prefix, model, {**metadata, "prefix": adapter_prefix}, workdir=tmp)
     return Publication(lineage, reason, adapter_prefix, dataset_prefix, uid, sha256, counts,
                        {**metadata, "prefix": adapter_prefix})
