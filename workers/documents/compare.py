@@ -118,10 +118,19 @@ def compare(load: Callable[[], tuple[Any, Any]], documents: Sequence[Sequence[st
         raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(strategies())}")
     model, tokenizer = load()
     baseline = Baseline.measure(model, tokenizer, questions or general_questions())
+    base_rows = None
+    if any(strategies()[n].changes_weights for n in names):
+        from workers.learning.self_replay import default_prompts, self_replay_rows
+
+        # Base protection's rows (the base's own answers to general prompts): the same for every strategy.
+        base_rows = self_replay_rows(model, tokenizer, default_prompts())
     del model
     results = []
     for name in names:
-        result = run_strategy(name, load, documents, qa, baseline, (options or {}).get(name))
+        chosen = dict((options or {}).get(name) or {})
+        if strategies()[name].changes_weights and chosen.get("protect", True):
+            chosen.setdefault("base_rows", base_rows)
+        result = run_strategy(name, load, documents, qa, baseline, chosen)
         results.append(result)
         if progress is not None:
             progress(result)

@@ -24,7 +24,7 @@ DOCUMENT = [
     "Quenby is famous for its copper kettles. Every May the town holds the Lisdro festival.",
     "The mayor of Quenby is Osric Tamkel. Traders carry the kettles along the river Sull.",
 ]
-FAST = {"epochs": 2, "learning_rate": 5e-3, "rank": 4, "alpha": 8}
+FAST = {"epochs": 2, "learning_rate": 5e-3, "rank": 4, "alpha": 8, "protect": False}
 
 
 def _tiny():
@@ -111,7 +111,8 @@ def test_sparse_memory_forgets_less_than_plain_lora_at_the_same_document_loss():
 
     model, tokenizer = _pretrained_tiny()
     general, held_out = list(BACKGROUND[:16]), list(BACKGROUND[16:])  # calibration / forgetting probe
-    options = {"epochs": 1, "learning_rate": 1e-2, "rank": 8, "alpha": 16}
+    # Bare strategies (no question views, no base protection): the gate is the only difference.
+    options = {"epochs": 1, "learning_rate": 1e-2, "rank": 8, "alpha": 16, "views": False, "protect": False}
     lora = LoraStrategy(copy.deepcopy(model), tokenizer, target_modules=("down_proj",), **options)
     sparse = SparseMemoryStrategy(copy.deepcopy(model), tokenizer, top_units=16, background=general, **options)
     before = _mean_loss(lora, held_out)
@@ -180,3 +181,18 @@ def test_the_harness_fills_one_row_per_strategy():
     assert all(len(line) <= 80 for line in text.splitlines()) and "retrieval" in text
     with pytest.raises(ValueError, match="unknown strategies"):
         compare(_tiny, [DOCUMENT], qa, ["doc2lora"])
+
+
+def test_a_document_is_learnt_as_text_and_as_questions_about_its_names():
+    from workers.documents.views import document_rows, names_in
+
+    assert names_in("Every May the town holds the Lisdro festival.") == ["May", "Lisdro"]
+    assert names_in("It was founded by Ada Vornel, a ferryman.") == ["Ada Vornel"]
+    rows = document_rows(DOCUMENT)
+    assert [r["text"] for r in rows[:3]] == DOCUMENT  # the chunks as plain text first
+    asked = {r["prompt"]: r["response"] for r in rows[3:]}
+    about = asked["Tell me about Quenby."]
+    # Every sentence naming it, and the one after each ("It was founded by …" follows "Quenby is …").
+    assert "It was founded by Ada Vornel" in about and "The mayor of Quenby is Osric Tamkel." in about
+    assert "What do you know about Osric Tamkel?" in asked
+    assert document_rows(DOCUMENT, views=False) == rows[:3]
