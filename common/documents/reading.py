@@ -81,16 +81,21 @@ def _title_of(path: Path, text: str) -> str:
     return path.stem.replace("_", " ").replace("-", " ").strip() or path.name
 
 
-def _jsonl_documents(path: Path, text: str) -> list[DocumentText]:
-    found = []
+def _json_lines(path: Path, text: str, shape: str):
+    """(line number, where, row) for each non-blank line; a line that is not JSON is refused naming `shape`."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
-            row = json.loads(line)
+            yield number, where, json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValidationError(f"{where} is not JSON ({exc.msg}): one {{\"text\": …}} object per line") from None
+            raise ValidationError(f"{where} is not JSON ({exc.msg}): one {shape} object per line") from None
+
+
+def _jsonl_documents(path: Path, text: str) -> list[DocumentText]:
+    found = []
+    for number, where, row in _json_lines(path, text, '{"text": …}'):
         body = row.get("text") if isinstance(row, dict) else None
         if not isinstance(body, str) or not body.strip():
             raise ValidationError(f"{where} has no \"text\" string: one {{\"text\": …, \"title\": …}} object per line")
@@ -139,14 +144,7 @@ def read_qa(path: Path) -> list[QAPair]:
     if not path.is_file():
         raise ValidationError(f"QA file {path} does not exist")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"{where} is not JSON ({exc.msg}): one {{\"question\", \"answer\"}} per line") from None
+    for _number, where, row in _json_lines(path, path.read_text(encoding="utf-8"), '{"question", "answer"}'):
         if not isinstance(row, dict):
             raise ValidationError(f"{where} must be an object with \"question\" and \"answer\"")
         problems = [f"\"{k}\" must be a non-empty string" for k in ("question", "answer")

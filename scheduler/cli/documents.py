@@ -95,33 +95,12 @@ def register(app: typer.Typer) -> None:
         json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Learn the documents no dataset holds yet: ingest → fisher → train → evaluate → promote."""
-        from scheduler.embedded_worker import worker_running
-        from scheduler.jobwait import follow_pipeline
-        from scheduler.pipeline import pipeline_status, start_pipeline
-        from workers.celery_app import app_for
+        from scheduler.cli.pipeline import start_and_follow
 
-        settings = state.settings
-        state.sessions()
         steps = json.loads(params) if params else {}
         if recipe:
             steps.setdefault("train", {})["recipe"] = recipe
-        run, _ = start_pipeline(settings, app_for(settings), params={"plan": "documents", "steps": steps})
-        if not wait:
-            if json_output:
-                print_json(pipeline_status(settings, run.id))
-            else:
-                console.print(f"pipeline run [bold]{run.id}[/bold] (documents) queued")
-            return
-        with worker_running(settings):
-            status = follow_pipeline(settings, run.id, progress_console(json_output), timeout)
-        if json_output:
-            print_json(status)
-        else:
-            from scheduler.cli.humanize import pipeline_outcome
-
-            console.print(pipeline_outcome(status), highlight=False, markup=False)
-        if status["state"] in ("failed", "cancelled"):
-            raise typer.Exit(1)
+        start_and_follow({"plan": "documents", "steps": steps}, wait, timeout, json_output)
 
     @documents.command("compare")
     def compare_strategies(

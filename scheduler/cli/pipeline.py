@@ -10,6 +10,35 @@ import typer
 from scheduler.cli.context import console, print_json, progress_console, state
 
 
+def start_and_follow(run_params: dict, wait: bool, timeout: float, json_output: bool) -> None:
+    """Start one pipeline run; with `wait`, follow it (an embedded worker if none runs) and say how it
+    ended, exiting 1 when it failed. `pipeline run` and `documents learn` both end here."""
+    from scheduler.embedded_worker import worker_running
+    from scheduler.jobwait import follow_pipeline
+    from scheduler.pipeline import pipeline_status, start_pipeline
+    from workers.celery_app import app_for
+
+    settings = state.settings
+    state.sessions()
+    pipeline_run, _ = start_pipeline(settings, app_for(settings), params=run_params)
+    if not wait:
+        if json_output:
+            print_json(pipeline_status(settings, pipeline_run.id))
+        else:
+            console.print(f"pipeline run [bold]{pipeline_run.id}[/bold] queued")
+        return
+    with worker_running(settings):
+        status = follow_pipeline(settings, pipeline_run.id, progress_console(json_output), timeout)
+    if json_output:
+        print_json(status)
+    else:
+        from scheduler.cli.humanize import pipeline_outcome
+
+        console.print(pipeline_outcome(status), highlight=False, markup=False)
+    if status["state"] in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     pipeline = typer.Typer(help="The export → fisher → train → evaluate → promote pipeline.", no_args_is_help=True)
 
@@ -22,31 +51,8 @@ def register(app: typer.Typer) -> None:
         json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Enqueue one pipeline run (in embedded mode `--wait` starts a worker if none is running)."""
-        from scheduler.embedded_worker import worker_running
-        from scheduler.jobwait import follow_pipeline
-        from scheduler.pipeline import pipeline_status, start_pipeline
-        from workers.celery_app import app_for
-
-        settings = state.settings
-        state.sessions()
         run_params = {"device": device, "steps": json.loads(params) if params else {}}
-        pipeline_run, _ = start_pipeline(settings, app_for(settings), params=run_params)
-        if not wait:
-            if json_output:
-                print_json(pipeline_status(settings, pipeline_run.id))
-            else:
-                console.print(f"pipeline run [bold]{pipeline_run.id}[/bold] queued")
-            return
-        with worker_running(settings):
-            status = follow_pipeline(settings, pipeline_run.id, progress_console(json_output), timeout)
-        if json_output:
-            print_json(status)
-        else:
-            from scheduler.cli.humanize import pipeline_outcome
-
-            console.print(pipeline_outcome(status), highlight=False, markup=False)
-        if status["state"] in ("failed", "cancelled"):
-            raise typer.Exit(1)
+        start_and_follow(run_params, wait, timeout, json_output)
 
     @pipeline.command("list")
     def list_runs(
