@@ -247,7 +247,7 @@ class Settings(BaseSettings):
     job_soft_time_limits: dict[str, int] = Field(
         default_factory=lambda: {
             "export": 1800, "fisher": 3600, "train": 6 * 3600, "evaluate": 3600, "promote": 300,
-            "sleep": 600, "noop": 60, "online": 1800, "ingest": 1800,
+            "sleep": 600, "noop": 60, "online": 1800, "ingest": 1800, "calibrate": 3600,
         },
         description="Per job kind, seconds before the job is asked to checkpoint and requeue (JSON object).",
     )
@@ -391,6 +391,14 @@ class Settings(BaseSettings):
     )
     documents_chunk_overlap: int = Field(
         16, ge=0, description="Tokens a chunk shares with the one before it (facts cut at a boundary stay whole in one)."
+    )
+    documents_strategy: Literal["lora", "sparse_memory", "ttt"] = Field(
+        "lora", description="How a cycle on a documents dataset learns: the recipe's LoRA, sparse memory (only the "
+        "MLP units the document is about change) or ttt (last-quarter MLP deltas blended by alpha).",
+    )
+    documents_background: str | None = Field(
+        None, description="A folder of .txt/.md/.jsonl documents added to the built-in general text that sparse "
+        "memory calibrates its units on (what counts as general-purpose).",
     )
     documents_probe_percent: int = Field(
         20, ge=0, le=100, description="Share of chunks kept as probe rows: taught, never replayed, scored for forgetting."

@@ -299,6 +299,26 @@ class FisherArtifact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class UnitCalibration(Base):
+    """Per-unit activation statistics of a base model's MLPs on a background corpus (sparse memory's
+    TF-IDF gate; safetensors + JSON in the object store). Computed once per lineage, base model,
+    background corpus and active fraction, and reused by every cycle of that lineage, so its adapters'
+    units are all chosen against the same statistics; each adapter records the calibration it used."""
+
+    __tablename__ = "unit_calibrations"
+    __table_args__ = (Index("ix_unit_calibrations_lookup", "adapter_name", "base_model", "background_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uri: Mapped[str] = mapped_column(String(1000))  # object-store prefix of the two files
+    adapter_name: Mapped[str] = mapped_column(String(100))
+    base_model: Mapped[str] = mapped_column(String(500))
+    background_sha256: Mapped[str] = mapped_column(String(64))
+    texts: Mapped[int] = mapped_column(Integer)
+    active_fraction: Mapped[float] = mapped_column(Float)
+    job_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Adapter(Base):
     """One published adapter version (PEFT format); `parent_id` links the continual lineage."""
 

@@ -44,6 +44,7 @@ KINDS: dict[str, JobKind] = {
         JobKind("export", "continuum.export", "workers.export.job:run", "inline", needs_device=False),
         # Tokenising documents needs only the tokenizer: light enough for the io queue.
         JobKind("ingest", "continuum.ingest", "workers.ingest.job:run", "inline", needs_device=False),
+        JobKind("calibrate", "continuum.calibrate", "workers.calibrate.logic:run", "process", needs_device=True),
         JobKind("fisher", "continuum.fisher", "workers.fisher.logic:run", "process", needs_device=True),
         JobKind("train", "continuum.train", "workers.train.logic:run", "process", needs_device=True),
         JobKind("evaluate", "continuum.evaluate", "workers.evaluate.logic:run", "process", needs_device=True),

@@ -34,9 +34,10 @@ STEPS = ("export", "fisher", "train", "evaluate", "promote")
 # first step; everything after it — the Fisher, training, the gate — is the same machinery.
 PLANS: dict[str, tuple[str, ...]] = {
     "feedback": STEPS,
-    "documents": ("ingest", "fisher", "train", "evaluate", "promote"),
+    # `calibrate` measures sparse memory's unit statistics (skipped for other strategies).
+    "documents": ("ingest", "calibrate", "fisher", "train", "evaluate", "promote"),
 }
-ALL_STEPS = ("export", "ingest", "fisher", "train", "evaluate", "promote")
+ALL_STEPS = ("export", "ingest", "calibrate", "fisher", "train", "evaluate", "promote")
 
 
 def steps_of(run: PipelineRun) -> tuple[str, ...]:
@@ -46,7 +47,7 @@ def steps_of(run: PipelineRun) -> tuple[str, ...]:
         raise ValidationError(f"unknown pipeline plan {plan!r}; one of {', '.join(PLANS)}")
     return PLANS[plan]
 # Steps whose "skipped" result does not end the run (a first cycle has no adapter to take a Fisher of).
-_OPTIONAL = {"fisher"}
+_OPTIONAL = {"fisher", "calibrate"}
 _LIVE = (JobState.queued.value, JobState.running.value)
 
 
@@ -140,9 +141,15 @@ def _step_params(orch: Orchestrator, run: PipelineRun, step: str, done: dict[str
         if train.get("parent_adapter_id") is not None:
             inherited["adapter_id"] = train["parent_adapter_id"]
         return {**inherited, **overrides}
+    if step == "calibrate":
+        # For the train step that reads it: same strategy, options and lineage.
+        train = (run.params or {}).get("steps", {}).get("train", {})
+        inherited = {k: train[k] for k in ("strategy", "strategy_options", "adapter_name") if k in train}
+        return {**inherited, **overrides}
     if step == "train":
-        fisher_id = result.get("fisher", {}).get("fisher_id")
-        return {"dataset_id": dataset_id, **({"fisher_id": fisher_id} if fisher_id else {}), **overrides}
+        ids = {"fisher_id": result.get("fisher", {}).get("fisher_id"),
+               "calibration_id": result.get("calibrate", {}).get("calibration_id")}
+        return {"dataset_id": dataset_id, **{k: v for k, v in ids.items() if v}, **overrides}
     if step == "evaluate":
         # A run that starts here (an online version) names its adapter and dataset in the overrides.
         trained = {k: v for k, v in (("adapter_id", result.get("train", {}).get("adapter_id")),

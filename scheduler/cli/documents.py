@@ -2,7 +2,8 @@
 
 `add` reads and checks every file first (one bad file refuses the call, nothing stored), stores the
 texts, then runs an `ingest` job that chunks them into a document dataset. `learn` runs the pipeline
-on documents: ingest → fisher → train → evaluate → promote, the same gate as a feedback cycle.
+on documents: ingest → calibrate → fisher → train → evaluate → promote, the same gate as a feedback
+cycle; `--strategy` picks how the cycle learns (lora, sparse_memory, ttt).
 """
 
 from __future__ import annotations
@@ -89,17 +90,23 @@ def register(app: typer.Typer) -> None:
     @documents.command("learn")
     def learn(
         recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe; default CONTINUUM_RECIPE."),
+        strategy: Optional[str] = typer.Option(None, "--strategy", help="lora, sparse_memory or ttt; default "
+                                               "CONTINUUM_DOCUMENTS_STRATEGY. A lineage keeps one strategy."),
         params: Optional[str] = typer.Option(None, "--params", help='JSON per-step overrides, e.g. {"train": {"train": {"epochs": 4}}}.'),
         wait: bool = typer.Option(False, "--wait", help="Follow the run with live progress until it ends."),
         timeout: float = typer.Option(3600, "--timeout", help="With --wait: stop following after this many seconds."),
         json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """Learn the documents no dataset holds yet: ingest → fisher → train → evaluate → promote."""
+        """Learn the documents no dataset holds yet: ingest → calibrate → fisher → train → evaluate → promote."""
         from scheduler.cli.pipeline import start_and_follow
+        from workers.documents.options import strategy_options
 
         steps = json.loads(params) if params else {}
         if recipe:
             steps.setdefault("train", {})["recipe"] = recipe
+        if strategy:
+            strategy_options(strategy)  # a wrong name fails here, in one line, before a run starts
+            steps.setdefault("train", {})["strategy"] = strategy
         start_and_follow({"plan": "documents", "steps": steps}, wait, timeout, json_output)
 
     @documents.command("compare")

@@ -1,8 +1,8 @@
 """Documents through the real CLI in embedded mode: `continuum documents add` refuses a bad file in one
 line with nothing stored, stores a folder and its QA pairs, runs the ingest job on a real embedded
-worker, is a no-op the second time; `continuum documents learn --wait` runs ingest → fisher → train →
-evaluate → promote on the tiny model through the same gate as a feedback cycle; `documents compare`
-prints its table."""
+worker, is a no-op the second time; `continuum documents learn --strategy sparse_memory --wait` runs
+ingest → calibrate → fisher → train → evaluate → promote on the tiny model through the same gate as
+a feedback cycle; `documents compare` prints its table."""
 
 from __future__ import annotations
 
@@ -53,12 +53,16 @@ def test_documents_are_added_ingested_and_learnt_through_the_pipeline(tmp_path):
 
     (docs / "korsa.txt").write_text("Korsa is the capital of Veltria. Its market sells glass beads every Monday.")
     assert _cli("documents", "add", str(docs / "korsa.txt"), "--no-ingest").returncode == 0
-    learnt = _cli("documents", "learn", "--wait", "--json", "--timeout", "400", "--params",
+    wrong = _cli("documents", "learn", "--strategy", "sparse")
+    assert wrong.returncode != 0 and "unknown strategy 'sparse'" in wrong.stderr + wrong.stdout
+    learnt = _cli("documents", "learn", "--wait", "--json", "--timeout", "400", "--strategy", "sparse_memory", "--params",
                   json.dumps({"train": {"train": {"epochs": 2}}, "promote": {"min_recall": 0.0}}), timeout=500)
     assert learnt.returncode == 0, learnt.stdout + learnt.stderr
     status = json.loads(learnt.stdout[learnt.stdout.index("{"):])
-    assert status["plan"] == ["ingest", "fisher", "train", "evaluate", "promote"]
+    assert status["plan"] == ["ingest", "calibrate", "fisher", "train", "evaluate", "promote"]
     assert status["state"] == "succeeded", status
+    assert status["steps"]["calibrate"]["result"]["status"] == "calibrated"
+    assert status["steps"]["train"]["result"]["strategy"] == "sparse_memory"
     assert status["steps"]["ingest"]["result"]["document_ids"] == [3]  # only the document not yet ingested
     assert status["steps"]["promote"]["result"]["status"] in ("promoted", "rejected")
     evaluate = status["steps"]["evaluate"]["result"]["metrics"]

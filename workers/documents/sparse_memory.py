@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,66 @@ def choose_units(statistics: UnitStatistics, document_activity: dict[int, Any], 
     return chosen
 
 
+def unit_columns(model: Any) -> dict[str, tuple[int, Any]]:
+    """Trainable LoRA A parameters of `down_proj` (one column per unit): name → (layer, parameter)."""
+    found = {}
+    for name, parameter in model.named_parameters():
+        match = re.search(r"\.layers\.(\d+)\.mlp\.down_proj\.lora_A\.", name)
+        if match and parameter.requires_grad:
+            found[name] = (int(match.group(1)), parameter)
+    return found
+
+
+def merge_units(open_units: dict[int, Any], new: dict[int, Any]) -> dict[int, Any]:
+    """The union, per layer, of the units already open and a new document's."""
+    import torch
+
+    merged = dict(open_units)
+    for layer, units in new.items():
+        before = merged.get(layer, units.new_zeros(0))
+        merged[layer] = torch.unique(torch.cat([before.to(units.device), units]))
+    return merged
+
+
+def units_from_json(units: dict[str, list[int]]) -> dict[int, Any]:
+    import torch
+
+    return {int(layer): torch.tensor(sorted(values), dtype=torch.long) for layer, values in units.items()}
+
+
+def units_to_json(units: dict[int, Any]) -> dict[str, list[int]]:
+    return {str(layer): [int(u) for u in values.tolist()] for layer, values in sorted(units.items())}
+
+
+@contextmanager
+def gated(model: Any, chosen: dict[int, Any]) -> Iterator[int]:
+    """Inside: every closed unit's `down_proj` LoRA A column is exactly zero and gets no gradient, so
+    training changes only the chosen units' weights. Yields the number of unit matrices gated."""
+    import torch
+
+    columns = unit_columns(model)
+    if not columns:
+        raise ValueError("no trainable `down_proj` LoRA: sparse_memory needs a LoRA on down_proj")
+    handles = []
+    try:
+        for _name, (layer, parameter) in columns.items():
+            mask = torch.zeros(1, parameter.shape[1], dtype=parameter.dtype, device=parameter.device)
+            mask[:, chosen.get(layer, torch.zeros(0, dtype=torch.long)).to(parameter.device)] = 1
+            with torch.no_grad():
+                parameter.mul_(mask)  # closed columns exactly zero (a fresh A is random everywhere)
+            handles.append(parameter.register_hook(lambda grad, m=mask: grad * m))
+        yield len(columns)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def unit_share(model: Any, chosen: dict[int, Any]) -> dict[str, Any]:
+    units = sum(int(u.numel()) for u in chosen.values())
+    total = sum(int(m.weight.shape[1]) for m in mlp_outputs(model).values())
+    return {"units_open": units, "units_total": total, "units_share": round(units / max(total, 1), 4)}
+
+
 class SparseMemoryStrategy(LoraStrategy):
     name = "sparse_memory"
 
@@ -144,66 +205,28 @@ class SparseMemoryStrategy(LoraStrategy):
         self.chosen: dict[int, Any] = {}
         super().__init__(model, tokenizer, target_modules=("down_proj",), **options)
 
-    def unit_columns(self) -> dict[str, tuple[int, Any]]:
-        """LoRA A parameters of `down_proj` (one column per unit): name → (layer, parameter)."""
-        found = {}
-        for name, parameter in self.model.named_parameters():
-            match = re.search(r"\.layers\.(\d+)\.mlp\.down_proj\.lora_A\.", name)
-            if match:
-                found[name] = (int(match.group(1)), parameter)
-        return found
-
-    def masks(self) -> list[tuple[Any, Any]]:
-        """(parameter, column mask) for every unit matrix, from the units open now."""
-        import torch
-
-        pairs = []
-        for _name, (layer, parameter) in self.unit_columns().items():
-            mask = torch.zeros(1, parameter.shape[1], dtype=parameter.dtype, device=parameter.device)
-            mask[:, self.chosen.get(layer, torch.zeros(0, dtype=torch.long)).to(parameter.device)] = 1
-            pairs.append((parameter, mask))
-        return pairs
-
     def open_units(self, chunks: Sequence[str]) -> dict[int, Any]:
         """Choose the document's units (TF·IDF) and add them to those open; returns this document's."""
-        import torch
-
         activity = unit_activity(self.model, self.tokenizer, chunks, self.active_fraction)
         chosen = choose_units(self.statistics, activity, self.top_units)
-        for layer, units in chosen.items():  # a later document adds its units to those already open
-            before = self.chosen.get(layer, units.new_zeros(0))
-            self.chosen[layer] = torch.unique(torch.cat([before, units]))
+        self.chosen = merge_units(self.chosen, chosen)  # a later document adds its units to those open
         return chosen
 
     def train_gated(self, chunks: Sequence[str]) -> dict[str, Any]:
         """Train with every closed unit's column held at exactly zero."""
-        import torch
-
-        handles = []
-        for parameter, mask in self.masks():
-            with torch.no_grad():
-                parameter.mul_(mask)  # closed columns exactly zero (a fresh A is random everywhere)
-            handles.append(parameter.register_hook(lambda grad, m=mask: grad * m))
-        try:
+        with gated(self.model, self.chosen):
             return self.train(chunks)
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def learn(self, chunks: Sequence[str]) -> dict[str, Any]:
         self.open_units(chunks)
         report = self.train_gated(chunks)
-        units = sum(int(u.numel()) for u in self.chosen.values())
-        total = sum(int(m.weight.shape[1]) for m in mlp_outputs(self.model).values())
-        return {**report, "units_open": units, "units_total": total, "units_share": round(units / max(total, 1), 4)}
+        return {**report, **unit_share(self.model, self.chosen)}
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "top_units": self.top_units, "active_fraction": self.active_fraction,
-                "units": {str(k): v.tolist() for k, v in self.chosen.items()},
-                "background_texts": self.statistics.texts}
+                "units": units_to_json(self.chosen), "background_texts": self.statistics.texts}
 
     def save(self, folder: Path) -> int:
         super().save(folder)
         self.statistics.save(Path(folder) / "calibration")
         return folder_size(folder)
-

@@ -29,6 +29,37 @@ def last_quarter(layers: int) -> list[int]:
     return list(range(layers - max(1, layers // 4), layers))
 
 
+def ttt_lora_config(model: Any, rank: int, lora_alpha: float) -> Any:
+    """A LoRA on the MLPs of the last quarter of the layers (stock PEFT `layers_to_transform`)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=list(MLP_MODULES),
+                      layers_to_transform=last_quarter(model.config.num_hidden_layers), task_type="CAUSAL_LM")
+
+
+def set_blend(model: Any, lora_alpha: float, rank: int, blend: float) -> None:
+    """Set every LoRA layer's scale to (lora_alpha / r) · (1 − blend): the frozen/trainable blend."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for name in module.scaling:
+                module.scaling[name] = (lora_alpha / rank) * (1 - blend)
+
+
+def next_blend(blend: float, decay: float, floor: float) -> float:
+    """Alpha after one more document (or cycle) learnt."""
+    return max(floor, blend - decay)
+
+
+def fold_blend(folder: Path, lora_alpha: float, blend: float) -> None:
+    """Write the blend where stock PEFT reads the scale: lora_alpha · (1 − blend) in adapter_config.json."""
+    config_path = Path(folder) / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["lora_alpha"] = lora_alpha * (1 - blend)
+    config_path.write_text(json.dumps(config, indent=2))
+
+
 class TTTStrategy(LoraStrategy):
     name = "ttt"
 
@@ -43,31 +74,20 @@ class TTTStrategy(LoraStrategy):
 
     def attach(self, model: Any, target_modules: tuple[str, ...]) -> Any:
         import torch
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         self.layers = last_quarter(model.config.num_hidden_layers)
         torch.manual_seed(self.seed)
-        peft_model = get_peft_model(model, LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, target_modules=list(MLP_MODULES),
-            layers_to_transform=self.layers, task_type="CAUSAL_LM"))
-        self._scale(peft_model)
+        peft_model = get_peft_model(model, ttt_lora_config(model, self.rank, self.alpha))
+        set_blend(peft_model, self.alpha, self.rank, self.blend)
         return peft_model
-
-    def _scale(self, model: Any) -> None:
-        """Set every LoRA layer's scale to (lora_alpha / r) · (1 − alpha): the blend."""
-        from peft.tuners.lora import LoraLayer
-
-        for module in model.modules():
-            if isinstance(module, LoraLayer):
-                for name in module.scaling:
-                    module.scaling[name] = (self.alpha / self.rank) * (1 - self.blend)
 
     def learn(self, chunks: Sequence[str]) -> dict[str, Any]:
         blend = self.blend
         report = self.train(chunks)
         self.documents += 1
-        self.blend = max(self.alpha_floor, self.blend - self.alpha_decay)
-        self._scale(self.model)
+        self.blend = next_blend(self.blend, self.alpha_decay, self.alpha_floor)
+        set_blend(self.model, self.alpha, self.rank, self.blend)
         return {**report, "alpha_while_learning": round(blend, 4), "alpha_now": round(self.blend, 4),
                 "layers": self.layers}
 
@@ -77,8 +97,5 @@ class TTTStrategy(LoraStrategy):
 
     def save(self, folder: Path) -> int:
         super().save(folder)
-        config_path = Path(folder) / "adapter_config.json"
-        config = json.loads(config_path.read_text())
-        config["lora_alpha"] = self.alpha * (1 - self.blend)  # the blend, where stock PEFT reads the scale
-        config_path.write_text(json.dumps(config, indent=2))
+        fold_blend(Path(folder), self.alpha, self.blend)
         return folder_size(folder)

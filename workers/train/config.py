@@ -37,6 +37,10 @@ class TrainJobParams(BaseModel):
     recipe_overrides: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides.")
     lora: dict[str, Any] = Field(default_factory=dict, description="LoraSettings overrides (fresh adapter only).")
+    strategy: str | None = Field(None, description="lora, sparse_memory or ttt; default: settings.documents_strategy "
+                                 "for a documents dataset, else lora (workers/train/strategies.py).")
+    strategy_options: dict[str, Any] = Field(default_factory=dict, description="The strategy's option overrides.")
+    calibration_id: int | None = Field(None, description="sparse_memory's unit calibration; default: the lineage's.")
 
 
 def train_config(settings: Settings, overrides: dict[str, Any], parameters: int | None = None):

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from common.db.engine import session_scope
 from common.db.models import Adapter
 from common.db.models import FisherArtifact as FisherRow
+from common.db.models import UnitCalibration
 from common.errors import RetryableError, ValidationError
 from workers.base_model import base_model_id
 from workers.context import JobContext
@@ -38,6 +39,7 @@ from workers.lineage import (
 from workers.model_setup import download_adapter_row, load_base, scratch_dir
 from workers.params import parse_params
 from workers.train.config import TrainJobParams, nested_settings, train_config
+from workers.train.strategies import CycleStrategy, check_parent_strategy
 
 
 def _result(adapter: Adapter) -> dict[str, Any]:
@@ -45,6 +47,7 @@ def _result(adapter: Adapter) -> dict[str, Any]:
     return {"status": "trained", "adapter_id": adapter.id, "version": adapter.version, "uri": adapter.uri,
             "retaught_dataset_ids": meta.get("retaught_dataset_ids", []), "notes": meta.get("notes", []),
             "device": meta.get("device"), "peak_memory_mib": meta.get("peak_memory_mib"),
+            "strategy": (meta.get("strategy") or {}).get("name", "lora"),
             **({"tiers": meta["train"]["tiers"]} if (meta.get("train") or {}).get("tiers") else {})}
 
 
@@ -97,7 +100,12 @@ def _plan_inputs(ctx: JobContext, params: TrainJobParams) -> dict[str, Any] | Ad
                     f"fisher {params.fisher_id} does not exist: omit fisher_id or run the fisher step")
         elif parent is not None:
             fisher = latest_fisher_for(session, parent)
+        strategy = _strategy_name(ctx, params, dataset)
+        check_parent_strategy(strategy, parent)
+        calibration = _calibration(ctx, session, params, strategy)
         return {
+            "strategy": strategy,
+            "calibration": (calibration.id, calibration.uri) if calibration is not None else None,
             "dataset": (dataset.id, dataset.manifest_key),
             "parent": parent,
             "history": [(d.id, d.manifest_key) for d in history],
@@ -106,6 +114,42 @@ def _plan_inputs(ctx: JobContext, params: TrainJobParams) -> dict[str, Any] | Ad
             "fisher_row": fisher,
             "fisher": (fisher.id, fisher.uri) if fisher is not None else None,
         }
+
+
+def _strategy_name(ctx: JobContext, params: TrainJobParams, dataset: Any) -> str:
+    """The job's strategy; unnamed, a documents dataset learns with CONTINUUM_DOCUMENTS_STRATEGY."""
+    from workers.documents.options import strategy_options
+
+    name = params.strategy or (ctx.settings.documents_strategy if dataset.kind == "documents" else "lora")
+    strategy_options(name, params.strategy_options)  # unknown names and options fail before any model loads
+    return name
+
+
+def _calibration(ctx: JobContext, session: Any, params: TrainJobParams, strategy: str) -> UnitCalibration | None:
+    """sparse_memory's unit calibration: the one named, else the lineage's newest on this base model."""
+    if strategy != "sparse_memory":
+        if params.calibration_id is not None:
+            raise ValidationError(f"calibration_id is for strategy sparse_memory, this cycle's is {strategy!r}: "
+                                  f"drop it")
+        return None
+    lineage, base = params.adapter_name or ctx.settings.adapter_name, base_model_id(ctx.settings)
+    if params.calibration_id is not None:
+        row = session.get(UnitCalibration, params.calibration_id)
+        if row is None:
+            raise ValidationError(f"calibration {params.calibration_id} does not exist: omit calibration_id or "
+                                  f"run the calibrate step")
+        if row.base_model != base:
+            raise ValidationError(f"calibration {row.id} was measured on base model {row.base_model!r}, this cycle "
+                                  f"trains on {base!r}: run the calibrate step on this base model")
+        return row
+    row = session.scalars(select(UnitCalibration)
+                          .where(UnitCalibration.adapter_name == lineage, UnitCalibration.base_model == base)
+                          .order_by(UnitCalibration.id.desc())).first()
+    if row is None:
+        raise ValidationError(f"sparse_memory needs a unit calibration for lineage {lineage!r} on {base!r}: learn "
+                              f"with `continuum documents learn --strategy sparse_memory` (its calibrate step) "
+                              f"or run a calibrate job first")
+    return row
 
 
 def _fisher_for_cycle(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], continual: Any,
@@ -174,7 +218,7 @@ def _every(seconds: float, action: Any) -> Any:
 def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], renew: Any) -> dict[str, Any]:
     from workers.learning.continual import prepare_cycle, recipe
     from workers.learning.kl import load_parent_as_teacher, unload_teacher
-    from workers.learning.lora import LoraSettings, attach_adapter, publish_adapter, settings_dict
+    from workers.learning.lora import LoraSettings, publish_adapter, settings_dict
     from workers.learning.replay import store_history
     from workers.learning.self_replay import base_protection_rows
     from workers.learning.device import peak_memory_mib
@@ -202,6 +246,7 @@ def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], rene
     # Streamed once per cycle (ReplayMixer keeps one reservoir for every epoch), never loaded whole.
     history = store_history(ctx.store, [key for _, key in inputs["history"]]) if inputs["history"] else None
     fisher = _fisher_for_cycle(ctx, params, inputs, continual, notes)
+    strategy = _cycle_strategy(ctx, params, inputs)
 
     loaded = load_base(ctx)
     # Validated above before any model was loaded; now fitted to the base model's size (epochs, rate).
@@ -213,7 +258,7 @@ def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], rene
         import torch
 
         torch.manual_seed(config.seed)  # a fresh adapter's initial values come from the global RNG
-        model = attach_adapter(loaded.model, lora, parent_dir)
+        model = strategy.attach(loaded.model, lora, parent_dir)
         teacher = None
         if continual.kl_strength > 0 and continual.kl_teacher == "parent" and parent_dir is not None:
             teacher = load_parent_as_teacher(model, str(parent_dir))
@@ -238,19 +283,21 @@ def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], rene
             ctx.report_progress({"step": step, "total": total, "loss": loss, "tokens_per_s": tokens_per_s,
                                  **({"tiers": tiers} if tiers else {})})
 
-        result = fit(
-            model,
-            loaded.tokenizer,
-            plan.rows,
-            config,
-            plan.regularizers,
-            TrainCallbacks(progress=progress, stop=ctx.should_stop, details=details.update),
-            checkpoint_store=ctx.store,
-            checkpoint_prefix=f"checkpoints/{ctx.job_id}",
-            tiers=plan.tiers,
-        )
+        with strategy.training(model, loaded.tokenizer, new_rows):
+            result = fit(
+                model,
+                loaded.tokenizer,
+                plan.rows,
+                config,
+                plan.regularizers,
+                TrainCallbacks(progress=progress, stop=ctx.should_stop, details=details.update),
+                checkpoint_store=ctx.store,
+                checkpoint_prefix=f"checkpoints/{ctx.job_id}",
+                tiers=plan.tiers,
+            )
         if teacher is not None:
             unload_teacher(model, teacher)  # publish only the trained adapter
+        strategy.before_publish(model)
         prefix = ctx.attempt_prefix(f"adapters/{params.adapter_name or ctx.settings.adapter_name}/{ctx.job_id}")
         metadata = {
             "prefix": prefix,
@@ -263,6 +310,7 @@ def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], rene
             "history_dataset_ids": [i for i, _ in inputs["history"]],
             "fisher_id": inputs["fisher"][0] if inputs["fisher"] else None,
             "recipe": {"name": params.recipe or ctx.settings.recipe, **continual.to_dict()},
+            "strategy": strategy.metadata(model),
             "notes": notes + plan.notes,
             "lora": settings_dict(lora),
             "train_config": config.to_dict(),
@@ -275,6 +323,20 @@ def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], rene
     adapter = _register(ctx, params.adapter_name or ctx.settings.adapter_name, parent, inputs, prefix, metadata)
     ctx.store.delete_prefix(f"checkpoints/{ctx.job_id}/")  # the adapter is durable; checkpoints are not needed
     return _result(adapter)
+
+
+def _cycle_strategy(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any]) -> CycleStrategy:
+    from workers.documents.options import strategy_options
+
+    parent: Adapter | None = inputs["parent"]
+    strategy = CycleStrategy(inputs["strategy"], strategy_options(inputs["strategy"], params.strategy_options),
+                             parent_metadata=dict(parent.metadata_ or {}) if parent is not None else {})
+    if inputs["calibration"] is not None:
+        from workers.calibrate.logic import load_statistics
+
+        strategy.calibration_id, uri = inputs["calibration"]
+        strategy.statistics = load_statistics(ctx.store, uri)
+    return strategy
 
 
 def _register(ctx: JobContext, name: str, parent: Adapter | None, inputs: dict, prefix: str,

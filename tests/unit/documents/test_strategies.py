@@ -14,7 +14,7 @@ from workers.documents.background import BACKGROUND
 from workers.documents.compare import compare, table
 from workers.documents.lora_strategy import LoraStrategy
 from workers.documents.retrieval import RetrievalStrategy
-from workers.documents.sparse_memory import SparseMemoryStrategy, mlp_outputs
+from workers.documents.sparse_memory import SparseMemoryStrategy, mlp_outputs, unit_columns
 from workers.documents.strategy import chunk_rows
 from workers.documents.ttt import TTTStrategy
 from workers.learning.tiny import build_tiny_model, build_tokenizer
@@ -60,7 +60,7 @@ def test_the_sparse_gate_changes_only_the_chosen_units():
     report = strategy.learn(DOCUMENT)
     assert report["units_open"] == 4 * len(strategy.chosen) and report["units_share"] < 0.2
     moved = 0
-    for name, (layer, lora_a) in strategy.unit_columns().items():
+    for name, (layer, lora_a) in unit_columns(strategy.model).items():
         chosen = set(strategy.chosen[layer].tolist())
         columns = lora_a.detach().abs().sum(0)
         assert all(columns[j] == 0 for j in range(columns.numel()) if j not in chosen), name  # exactly zero
