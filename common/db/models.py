@@ -319,6 +319,21 @@ class UnitCalibration(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DocumentComparison(Base):
+    """One `continuum documents compare` run: every strategy's figures on the same documents and QA
+    pairs (QA accuracy, general retention, forgetting ratio, times, artifact size); the report shows them."""
+
+    __tablename__ = "document_comparisons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    base_model: Mapped[str] = mapped_column(String(500))
+    documents: Mapped[list[Any]] = mapped_column(JSON, default=list)  # titles
+    questions: Mapped[int] = mapped_column(Integer)
+    results: Mapped[list[Any]] = mapped_column(JSON, default=list)  # one object per strategy
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Adapter(Base):
     """One published adapter version (PEFT format); `parent_id` links the continual lineage."""
 

@@ -151,7 +151,22 @@ def register(app: typer.Typer) -> None:
         results = compare(load, chunked, pairs, names, json.loads(options) if options else None,
                           progress=lambda r: out.print(f"  {r.strategy}: QA {r.qa_accuracy:.2f} "
                                                        f"(learnt in {r.learn_seconds:.0f} s)", highlight=False))
+        figures = [{k: v for k, v in r.as_dict().items() if k != "answers"} for r in results]
+        _record(settings, found, len(pairs), figures, json.loads(options) if options else {})
         if json_output:
-            print_json([{k: v for k, v in r.as_dict().items() if k != "answers"} for r in results])
+            print_json(figures)
             return
         console.print(table(results), highlight=False, markup=False)
+
+
+def _record(settings, documents, questions: int, figures: list[dict], options: dict) -> None:
+    """Keep the comparison for `continuum report` (one row; the figures only, not the answers)."""
+    from common.db.engine import session_scope
+    from common.db.models import DocumentComparison
+    from workers.base_model import base_model_id
+
+    with session_scope(state.sessions()) as session:
+        session.add(DocumentComparison(base_model=base_model_id(settings), documents=[d.title for d in documents],
+                                       questions=questions, results=figures,
+                                       options={k: {o: v for o, v in (values or {}).items() if o != "base_rows"}
+                                                for k, values in options.items()}))

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a self-contained HTML report (accuracy matrix, forgetting, loss, production timeline)."""
         from scheduler.report import Gate, build_report
-        from scheduler.report.page import online_rows, summary_rows
+        from scheduler.report.page import comparison_rows, online_rows, summary_rows
 
         settings = state.settings
         out_dir = out or settings.home / "report"
@@ -31,10 +31,11 @@ def register(app: typer.Typer) -> None:
         rows = summary_rows(files.data)
         if json_output:
             print_json({"html": str(files.html), "pngs": [str(p) for p in files.pngs], "versions": rows,
-                        "online": online_rows(files.data, last=1000)})
+                        "online": online_rows(files.data, last=1000), "documents": comparison_rows(files.data)})
             return
         if not rows:
             console.print("no adapter versions yet: run `continuum demo` or a pipeline first")
+            _print_comparison(files.data)
             console.print(f"report: [bold]{files.html.resolve()}[/bold]")
             return
         from rich.table import Table
@@ -58,4 +59,19 @@ def register(app: typer.Typer) -> None:
                 console.print(f"online {row['lineage']}: {row['turns']} turns, {row['facts']} facts, ppl drift "
                               f"{row['ppl drift']}, KL {row['KL to base']}, recent loss {row['recent loss']}, "
                               f"regression {row['regression']}, last published {row['published']}")
+        _print_comparison(files.data)
         console.print(f"report: [bold]{files.html.resolve()}[/bold] (+ {len(files.pngs)} PNGs)")
+
+
+def _print_comparison(data) -> None:
+    """The latest documents comparison, one line: each strategy's QA accuracy and forgetting."""
+    if not data.comparisons:
+        return
+    latest = data.comparisons[-1]
+    figures = ", ".join(f"{f.strategy} QA {_number(f.qa_accuracy)} forgetting {_number(f.forgetting_ratio)}"
+                        for f in latest.strategies)
+    console.print(f"documents compare {latest.at:%Y-%m-%d %H:%M}: {figures}", highlight=False)
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"

@@ -61,6 +61,14 @@ def report_plots(data: ReportData, gate: draw.Gate | None = None) -> list[Plot]:
             draw.online_learning(data),
         ),
         Plot(
+            "document_strategies.png",
+            "Learning from documents: what each strategy learnt and what it cost",
+            "The latest `continuum documents compare` run: each strategy's QA accuracy on the documents "
+            "against its forgetting ratio on general questions. Up and to the left is better; squares "
+            "change no weight.",
+            draw.document_strategies(data),
+        ),
+        Plot(
             "production_timeline.png",
             f"Who held {data.alias} when",
             "Bars: the version holding the alias over time (dots: promotions, triangles: rollbacks); "

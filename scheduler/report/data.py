@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.db.models import Adapter, AliasHistory, Evaluation, Job
+from common.db.models import Adapter, AliasHistory, DocumentComparison, Evaluation, Job
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,47 @@ class OnlinePoint:
     restarted: str | None = None  # why the state restarted from production in this job
 
 
+@dataclass(frozen=True)
+class StrategyFigures:
+    """One strategy's line of a `continuum documents compare` run (`workers/documents/compare.py`)."""
+
+    strategy: str
+    changes_weights: bool
+    qa_accuracy: float | None
+    general_retention: float | None
+    forgetting_ratio: float | None
+    learn_seconds: float | None
+    answer_seconds: float | None
+    artifact_bytes: int | None
+
+
+@dataclass(frozen=True)
+class ComparisonPoint:
+    """One comparison run: the documents, the base model, and every strategy's figures."""
+
+    at: datetime
+    base_model: str
+    documents: tuple[str, ...]
+    questions: int
+    strategies: tuple[StrategyFigures, ...]
+
+
+def comparison_points(session: Session, last: int = 5) -> list[ComparisonPoint]:
+    """The last `last` comparisons, oldest first."""
+    rows = list(session.scalars(select(DocumentComparison).order_by(DocumentComparison.id.desc()).limit(last)))
+    points = []
+    for row in reversed(rows):
+        figures = tuple(
+            StrategyFigures(str(r.get("strategy", "?")), bool(r.get("changes_weights", True)), _number(r.get("qa_accuracy")),
+                            _number(r.get("general_retention")), _number(r.get("forgetting_ratio")),
+                            _number(r.get("learn_seconds")), _number(r.get("answer_seconds_per_question")),
+                            r.get("artifact_bytes"))
+            for r in row.results or [] if isinstance(r, dict))
+        points.append(ComparisonPoint(as_utc(row.created_at), row.base_model, tuple(row.documents or []),
+                                      row.questions, figures))
+    return points
+
+
 def online_points(session: Session, lineages: list[str] | None = None) -> dict[str, list[OnlinePoint]]:
     """The succeeded online jobs that applied turns, per lineage, oldest first."""
     found: dict[str, list[OnlinePoint]] = {}
@@ -137,6 +178,7 @@ class ReportData:
     alias_events: list[AliasEvent]
     spans: list[ProductionSpan]
     online: dict[str, list[OnlinePoint]] = field(default_factory=dict)  # lineage → online jobs, oldest first
+    comparisons: list[ComparisonPoint] = field(default_factory=list)  # `documents compare` runs, oldest first
 
     @property
     def versions(self) -> list[VersionPoint]:
@@ -319,4 +361,5 @@ def load_report_data(session: Session, alias: str = "production", lineages: list
         alias_events=events,
         spans=production_spans(events),
         online=online_points(session, lineages),
+        comparisons=comparison_points(session),
     )

@@ -103,6 +103,42 @@ def online_table(data: ReportData) -> str:
             f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
 
 
+def _size(value: int | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+
+
+def comparison_rows(data: ReportData) -> list[dict[str, str]]:
+    """Every strategy of the recorded `documents compare` runs, newest run first."""
+    rows = []
+    for point in reversed(data.comparisons):
+        for figures in point.strategies:
+            rows.append({
+                "compared": point.at.strftime("%Y-%m-%d %H:%M"), "strategy": figures.strategy,
+                "QA accuracy": _fmt(figures.qa_accuracy), "general retention": _fmt(figures.general_retention),
+                "forgetting ratio": _fmt(figures.forgetting_ratio), "learn s": _fmt(figures.learn_seconds, 1),
+                "answer s": _fmt(figures.answer_seconds), "artifact": _size(figures.artifact_bytes),
+                "documents": f"{len(point.documents)} docs, {point.questions} questions on {point.base_model}",
+            })
+    return rows
+
+
+def comparison_table(data: ReportData) -> str:
+    rows = comparison_rows(data)
+    if not rows:
+        return ""
+    header = "".join(f"<th>{escape(name)}</th>" for name in rows[0])
+    body = "".join("<tr>" + "".join(
+        f'<td class="text">{escape(v)}</td>' if k in ("compared", "strategy", "documents") else f"<td>{escape(v)}</td>"
+        for k, v in row.items()) + "</tr>" for row in rows)
+    return (f"<h2>Learning from documents</h2><p>The recorded <code>continuum documents compare</code> runs: each "
+            f"strategy learnt the same documents from the base model; QA accuracy on questions about them, general "
+            f"retention and the forgetting ratio (before − after) / before on the general questions. Retrieval "
+            f"changes no weight: the baseline every weight-changing strategy is compared with.</p>"
+            f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+
+
 def render_page(data: ReportData, plots: list[Plot]) -> str:
     """The whole page as one HTML string."""
     rows = summary_rows(data)
@@ -127,7 +163,7 @@ def render_page(data: ReportData, plots: list[Plot]) -> str:
             f'<img alt="{escape(plot.title)}" src="data:image/png;base64,{encoded}">'
             f"<figcaption>{escape(plot.caption)}</figcaption></figure>"
         )
-    online = online_table(data)
+    online = online_table(data) + comparison_table(data)
     generated = data.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC")
     holder_text = escape(holder) if holder else "nobody"
     return (

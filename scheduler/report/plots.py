@@ -205,3 +205,29 @@ def online_learning(data: ReportData) -> bytes:
             axes.set(title=f"{name}: {title}", xlabel="turns learnt")
             axes.grid(alpha=0.3)
     return _png(figure)
+
+
+def document_strategies(data: ReportData) -> bytes:
+    """The latest `documents compare` run: QA accuracy against forgetting, one point per strategy."""
+    if not data.comparisons:
+        return _empty("Learning from documents", "no comparison recorded (`continuum documents compare`)")
+    point = data.comparisons[-1]
+    figure = _new_figure(6.5, 4.2)
+    axes = figure.subplots()
+    places: dict[tuple[float, float], list[str]] = {}  # strategies that land on the same point share a label
+    for index, figures in enumerate(point.strategies):
+        if figures.qa_accuracy is None or figures.forgetting_ratio is None:
+            continue
+        axes.scatter(figures.forgetting_ratio, figures.qa_accuracy, s=60, color=f"C{index}",
+                     marker="o" if figures.changes_weights else "s")
+        places.setdefault((round(figures.forgetting_ratio, 3), round(figures.qa_accuracy, 3)), []).append(
+            figures.strategy)
+    for (x, y), names in places.items():
+        axes.annotate(", ".join(names), (x, y), fontsize=8, xytext=(5, 4), textcoords="offset points")
+    axes.axvline(0, color="grey", linewidth=0.8)
+    axes.set(xlabel="forgetting ratio on general questions (lower is better)",
+             ylabel="QA accuracy on the documents (higher is better)", ylim=(-0.05, 1.05),
+             title=f"{point.at:%Y-%m-%d %H:%M}: {len(point.documents)} documents, {point.questions} questions, "
+                   f"{point.base_model.rstrip('/').rsplit('/', 1)[-1]}")
+    axes.grid(alpha=0.3)
+    return _png(figure)

@@ -72,3 +72,7 @@ def test_documents_are_added_ingested_and_learnt_through_the_pipeline(tmp_path):
                     "retrieval,lora", "--options", json.dumps({"lora": {"epochs": 1}}))
     assert compared.returncode == 0, compared.stdout + compared.stderr
     assert "retrieval" in compared.stdout and "QA acc" in compared.stdout
+    reported = _cli("report", "--json", "--out", str(tmp_path / "report"))
+    assert reported.returncode == 0, reported.stderr
+    rows = json.loads(reported.stdout)["documents"]  # the comparison is kept for the report
+    assert [r["strategy"] for r in rows] == ["retrieval", "lora"] and "2 questions" in rows[0]["documents"]

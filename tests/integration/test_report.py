@@ -16,7 +16,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from common.db import create_db_engine, session_factory
-from common.db.models import Adapter, AliasHistory, Dataset, Evaluation, Job
+from common.db.models import Adapter, AliasHistory, Dataset, DocumentComparison, Evaluation, Job
 from scheduler.report import Gate, build_report
 from scheduler.report.data import accuracy_row, forgetting_pair
 
@@ -104,6 +104,15 @@ def populate(session) -> dict[str, int]:
                   **({"published": published} if published else {}), **({"restarted": restarted} if restarted else {})}
         session.add(Job(id=f"online-{n}", kind="online", queue="online", state="succeeded", result=result,
                         idempotency_key=f"online-{n}", finished_at=T0 + timedelta(days=15, hours=n)))
+    for n, qa in enumerate((0.10, 0.52)):  # two `documents compare` runs, as scheduler/cli/documents.py records
+        results = [{"strategy": "retrieval", "changes_weights": False, "qa_accuracy": qa, "general_retention": 0.97,
+                    "forgetting_ratio": 0.03, "learn_seconds": 0.4, "answer_seconds_per_question": 0.9,
+                    "artifact_bytes": 52_000},
+                   {"strategy": "sparse_memory", "changes_weights": True, "qa_accuracy": 0.02 + n / 10,
+                    "general_retention": 0.87, "forgetting_ratio": 0.13, "learn_seconds": 715.0,
+                    "answer_seconds_per_question": 0.5, "artifact_bytes": 2_400_000, "learnt": [{"steps": 8}]}]
+        session.add(DocumentComparison(base_model="smollm2", documents=["Quenby", "Korsa"], questions=60,
+                                       results=results, options={}, created_at=T0 + timedelta(days=16, hours=n)))
     session.add(Job(id="online-skip", kind="online", queue="online", state="succeeded", idempotency_key="online-skip",
                     result={"status": "skipped", "lineage": "default"}, finished_at=T0 + timedelta(days=16)))
     session.commit()
@@ -124,8 +133,8 @@ def report(migrated_sqlite_url, tmp_path):
 def test_report_files_are_valid_images_and_data_is_right(report):
     names = sorted(p.name for p in report.pngs)
     assert names == [
-        "accuracy_matrix_default.png", "accuracy_matrix_naive.png", "loss_curves.png", "online_learning.png",
-        "production_timeline.png", "recall_forgetting_retention.png",
+        "accuracy_matrix_default.png", "accuracy_matrix_naive.png", "document_strategies.png", "loss_curves.png",
+        "online_learning.png", "production_timeline.png", "recall_forgetting_retention.png",
     ]
     for path in report.pngs:
         payload = path.read_bytes()
@@ -151,6 +160,11 @@ def test_report_files_are_valid_images_and_data_is_right(report):
     assert [(p.turns, p.published_version, p.restarted) for p in online] == [
         (10, None, None), (25, 4, None), (40, None, "the gate refused v4")]
     assert online[1].perplexity_drift == pytest.approx(0.05) and online[2].recent_loss == pytest.approx(1.4)
+    latest = data.comparisons[-1]  # oldest first: the plot draws the newest
+    assert [c.strategies[0].qa_accuracy for c in data.comparisons] == [0.10, 0.52]
+    assert [(f.strategy, f.changes_weights, f.artifact_bytes) for f in latest.strategies] == [
+        ("retrieval", False, 52_000), ("sparse_memory", True, 2_400_000)]
+    assert latest.documents == ("Quenby", "Korsa") and latest.questions == 60
 
 
 def test_report_page_is_self_contained(report):
@@ -159,6 +173,7 @@ def test_report_page_is_self_contained(report):
     assert len(sources) == len(report.pngs)
     assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r"(src|href)=\"(https?:)?//", html), "the page must not load anything from the network"
+    assert "<h2>Learning from documents</h2>" in html and "60 questions on smollm2" in html
     assert "<script" not in html
     assert "default@v2" in html and "forgetting 0.450" not in html  # reasons stay in the DB, not the summary
     versions = html[html.index("<h2>Versions</h2>"):html.index("<h2>Online learning</h2>")]
@@ -255,11 +270,14 @@ def test_cli_report_writes_the_page_and_prints_the_summary(migrated_sqlite_url, 
     as_json = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert as_json.returncode == 0, as_json.stderr
     payload = json.loads(as_json.stdout)
-    assert Path(payload["html"]) == out / "index.html" and len(payload["pngs"]) == 6
+    assert Path(payload["html"]) == out / "index.html" and len(payload["pngs"]) == 7
     assert [row["version"] for row in payload["versions"]][:3] == ["default@v1", "default@v2", "default@v3"]
     assert [row["turns"] for row in payload["online"]] == ["10", "25", "40"]
+    assert [(r["strategy"], r["QA accuracy"], r["artifact"]) for r in payload["documents"][:2]] == [
+        ("retrieval", "0.52", "52.0 kB"), ("sparse_memory", "0.12", "2.40 MB")]  # newest run first
     table = subprocess.run([*cli, "--lineage", "default"], env=env, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
     assert "default@v3" in table.stdout and "naive@v1" not in table.stdout
     assert "online default: 40 turns, 5 facts" in table.stdout
+    assert "retrieval QA 0.52 forgetting 0.03, sparse_memory QA 0.12 forgetting 0.13" in table.stdout
     assert "index.html" in table.stdout
