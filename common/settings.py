@@ -164,6 +164,16 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    @field_validator("documents_views")
+    @classmethod
+    def _known_views(cls, value: str) -> str:
+        views = [v.strip() for v in value.split(",") if v.strip()]
+        unknown = sorted(set(views) - {"names", "questions"})
+        if unknown:
+            raise ValueError(f"CONTINUUM_DOCUMENTS_VIEWS: unknown view(s) {unknown}; use names, questions, both "
+                             f"comma-separated, or empty for the chunks only")
+        return ",".join(views)
+
     @model_validator(mode="after")
     def _valid_nested_tiers(self) -> Settings:
         from common.nested_frequencies import frequency_problems, parse_frequencies
@@ -399,6 +409,11 @@ class Settings(BaseSettings):
     documents_background: str | None = Field(
         None, description="A folder of .txt/.md/.jsonl documents added to the built-in general text that sparse "
         "memory calibrates its units on (what counts as general-purpose).",
+    )
+    documents_views: str = Field(
+        "names,questions", description="What the ingest job adds to a document's chunks, comma-separated: `names` "
+        "(each name in it as a question answered with its sentences), `questions` (rule-made questions about each "
+        "sentence); empty: the chunks only. A small instruct model learns to answer about a text from these.",
     )
     documents_probe_percent: int = Field(
         20, ge=0, le=100, description="Share of chunks kept as probe rows: taught, never replayed, scored for forgetting."

@@ -23,11 +23,12 @@ class LoraStrategy(DocumentStrategy):
 
     def __init__(self, model: Any, tokenizer: Any, epochs: int = 8, learning_rate: float = 1e-3, rank: int = 16,
                  alpha: int = 32, target_modules: Sequence[str] = ("auto",), max_length: int = 256, seed: int = 0,
-                 views: bool = True, protect: bool = True, base_rows: Sequence[dict[str, Any]] | None = None,
-                 **options: Any):
+                 views: bool = True, questions: bool = True, protect: bool = True,
+                 base_rows: Sequence[dict[str, Any]] | None = None, **options: Any):
         super().__init__(model, tokenizer, **options)
         self.epochs, self.learning_rate, self.max_length, self.seed = epochs, learning_rate, max_length, seed
         self.rank, self.alpha, self.views, self.protect = rank, alpha, views, protect
+        self.questions = questions
         self.base_rows = list(base_rows) if base_rows is not None else None
         if protect and self.base_rows is None:  # the base's own answers, before any adapter exists
             from workers.learning.self_replay import default_prompts, self_replay_rows
@@ -51,7 +52,7 @@ class LoraStrategy(DocumentStrategy):
 
         config = TrainConfig(learning_rate=self.learning_rate, epochs=self.epochs, batch_size=8,
                              max_length=self.max_length, seed=self.seed, warmup_steps=0)
-        rows = document_rows(chunks, self.views)
+        rows = document_rows(chunks, self.views, self.questions)
         regularizers: list[Any] = []
         if self.protect and self.base_rows:
             plan = prepare_cycle(self.model, rows, ContinualConfig(self_replay_share=0.5, self_replay_weight=0.0,
@@ -68,7 +69,7 @@ class LoraStrategy(DocumentStrategy):
 
     def metadata(self) -> dict[str, Any]:
         return {"strategy": self.name, "epochs": self.epochs, "learning_rate": self.learning_rate,
-                "views": self.views, "protect": self.protect}
+                "views": self.views, "questions": self.questions, "protect": self.protect}
 
     def save(self, folder: Path) -> int:
         from workers.learning.lora import save_adapter_dir

@@ -7,6 +7,11 @@ taught in this cycle like the rest, never replayed later, so later versions are 
 forgetting. The QA pairs about these documents (and those naming no document) are `holdout` rows: never
 trained, they are what generalisation — answering questions about the document — is measured on.
 
+Beside the chunks, each document is learnt in the views `CONTINUUM_DOCUMENTS_VIEWS` names
+(`workers/documents/views.py`: its names as questions answered with its sentences, rule-made questions
+about each sentence) as `train` rows — a small instruct model trained on the text alone learns to
+continue it, not to answer about it. They are made from the document's text only, never from its QA pairs.
+
 The dataset is published the export's way (shard, then manifest) and registered with the job's end in
 one transaction, with each document pointing at it; a retried job finds its dataset and returns it.
 """
@@ -58,6 +63,17 @@ def document_rows(document: Document, text: str, tokenizer: Any, size: int, over
     return rows
 
 
+def view_rows(document: Document, chunks: list[str], views: str) -> list[dict[str, Any]]:
+    """The document's chunks as questions (`views`: "names", "questions", both comma-separated)."""
+    from workers.documents.views import entity_rows, question_rows
+
+    chosen = {v for v in views.split(",") if v}
+    made = (entity_rows(chunks) if "names" in chosen else []) + (question_rows(chunks) if "questions" in chosen else [])
+    return [{"feedback_id": 0, **row, "unlikelihood": False, "split": "train",
+             "content_hash": f"{document.sha256}:view:{i}", "document_id": document.id, "title": document.title,
+             "view": True} for i, row in enumerate(made)]
+
+
 def qa_rows(pairs: list[DocumentQA]) -> list[dict[str, Any]]:
     return [{"feedback_id": 0, "prompt": p.question, "response": p.answer, "messages": None, "feedback": "thumbs_up",
              "weight": 1.0, "unlikelihood": False, "split": "holdout", "content_hash": p.sha256, "qa_id": p.id,
@@ -104,8 +120,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
     tokenizer = load_tokenizer(resolve_base_model(settings, ctx.store))
     rows: list[dict[str, Any]] = []
     for index, document in enumerate(documents):
-        rows += document_rows(document, read_text(ctx.store, document), tokenizer, size, overlap,
-                              settings.documents_probe_percent)
+        text = read_text(ctx.store, document)
+        rows += document_rows(document, text, tokenizer, size, overlap, settings.documents_probe_percent)
+        rows += view_rows(document, [text], settings.documents_views)  # whole sentences, not windows
         ctx.report_progress({"step": index + 1, "total": len(documents), "stage": "chunking"})
     rows += qa_rows(pairs)
     uid = f"documents-{ctx.job_id}"

@@ -93,7 +93,8 @@ class CycleStrategy:
             units_from_json,
         )
 
-        texts = [cycle_text(r) for r in rows if cycle_text(r)]
+        # A document's chunks when the dataset has them (its views repeat them as questions), else every row.
+        texts = [r["text"] for r in rows if r.get("text")] or [cycle_text(r) for r in rows if cycle_text(r)]
         if not texts:
             raise ValidationError("sparse_memory: the cycle's dataset has no text to choose units on")
         with model.disable_adapter():  # the base's activations, as calibrated

@@ -66,6 +66,14 @@ def test_ingest_makes_a_document_dataset_and_training_learns_it(cycles):
     chunks = [r for r in rows if r.get("text")]
     assert {r["split"] for r in chunks} == {"train", "probe"} and 0 < result["probe"] < len(chunks)
     assert [r["prompt"] for r in rows if r["split"] == "holdout"] == ["What does Quenby's market sell?"]
+    # The views (names and rule-made questions about sentences) are taught beside the chunks, made from
+    # the text alone: none is the held-out QA pair.
+    views = [r for r in rows if r.get("view")]
+    assert {r["split"] for r in views} == {"train"} and "Tell me about Quenby." in {r["prompt"] for r in views}
+    assert "The town of Quenby lies on the river what?" in {r["prompt"] for r in views}
+    assert "Quenby's market sells copper kettles every what?" in {r["prompt"] for r in views}  # "Its" resolved
+    assert "What does Quenby's market sell?" not in {r["prompt"] for r in views}
+    assert len(rows) == len(chunks) + len(views) + 1
     with session_scope(cycles.sessions) as session:
         assert session.get(Document, added.added[0]).dataset_id == result["dataset_id"]
         assert session.get(Dataset, result["dataset_id"]).kind == "documents"

@@ -191,8 +191,31 @@ def test_a_document_is_learnt_as_text_and_as_questions_about_its_names():
     rows = document_rows(DOCUMENT)
     assert [r["text"] for r in rows[:3]] == DOCUMENT  # the chunks as plain text first
     asked = {r["prompt"]: r["response"] for r in rows[3:]}
+    assert "Quenby was founded by what?" in asked  # and the rule-made questions (the default)
     about = asked["Tell me about Quenby."]
     # Every sentence naming it, and the one after each ("It was founded by …" follows "Quenby is …").
     assert "It was founded by Ada Vornel" in about and "The mayor of Quenby is Osric Tamkel." in about
     assert "What do you know about Osric Tamkel?" in asked
-    assert document_rows(DOCUMENT, views=False) == rows[:3]
+    assert document_rows(DOCUMENT, views=False, questions=False) == rows[:3]
+
+
+def test_rule_made_questions_ask_about_one_sentence_with_its_topic():
+    from workers.documents.views import document_rows, question_rows, resolved_sentences
+
+    resolved = resolved_sentences(DOCUMENT)
+    # "It was founded by …" gets its topic back; "Every May …" does not make May the topic.
+    assert resolved[1] == ("Quenby was founded by Ada Vornel, a ferryman.", "Quenby")
+    assert resolved[3] == ("Every May the town holds the Lisdro festival.", "Quenby")
+    asked = {}
+    for row in question_rows(DOCUMENT):
+        asked.setdefault(row["prompt"], set()).add(row["response"])
+    assert asked["Quenby was founded by what?"] == {"Quenby was founded by Ada Vornel, a ferryman."}
+    assert asked["Quenby is a small town on the river what?"] == {"Quenby is a small town on the river Sull."}
+    # A sentence that does not name its topic is asked about with the topic in front.
+    assert asked["About Quenby: Every May the town holds the what festival?"] == {
+        "Every May the town holds the Lisdro festival."}
+    assert asked["The mayor of Quenby is what?"] == {"The mayor of Quenby is Osric Tamkel."}
+    assert all(len(answers) == 1 for answers in asked.values())  # one sentence answers each question
+    assert all(r["response"] in " ".join(DOCUMENT).replace("It was", "Quenby was") for r in question_rows(DOCUMENT))
+    with_questions = document_rows(DOCUMENT)
+    assert len(with_questions) == len(document_rows(DOCUMENT, questions=False)) + len(question_rows(DOCUMENT))
