@@ -54,9 +54,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]skipped {len(found.skipped)} file(s) that are not .txt/.md/.jsonl[/yellow]")
         ingested = result.get("ingest")
         if ingested and ingested.get("dataset_id"):
-            console.print(f"dataset {ingested['dataset_id']}: {ingested['rows']} rows ({ingested['train']} train, "
-                          f"{ingested.get('probe', 0)} probe chunks; {ingested['holdout']} QA pairs held out); learn "
-                          f"them with `continuum documents learn`", highlight=False)
+            console.print(f"dataset {ingested['dataset_id']}: {ingested.get('chunks', 0)} chunks and "
+                          f"{ingested.get('views', 0)} questions made from them ({ingested.get('probe', 0)} of all "
+                          f"probe), {ingested['holdout']} QA pairs held out; learn them with `continuum documents "
+                          f"learn`", highlight=False)
         elif ingested:
             console.print(f"ingest job {ingested['job_id']} queued", highlight=False)
 
@@ -152,21 +153,38 @@ def register(app: typer.Typer) -> None:
                           progress=lambda r: out.print(f"  {r.strategy}: QA {r.qa_accuracy:.2f} "
                                                        f"(learnt in {r.learn_seconds:.0f} s)", highlight=False))
         figures = [{k: v for k, v in r.as_dict().items() if k != "answers"} for r in results]
-        _record(settings, found, len(pairs), figures, json.loads(options) if options else {})
         if json_output:
             print_json(figures)
-            return
-        console.print(table(results), highlight=False, markup=False)
+        else:
+            console.print(table(results), highlight=False, markup=False)
+        _record(settings, found, len(pairs), figures, json.loads(options) if options else {})
 
 
 def _record(settings, documents, questions: int, figures: list[dict], options: dict) -> None:
-    """Keep the comparison for `continuum report` (one row; the figures only, not the answers)."""
+    """Keep the comparison for `continuum report` (one row; the figures only, not the answers). After the
+    table is out: a database that cannot take it costs a warning, not the results."""
+    import math
+    import sys
+
+    def finite(value):  # a diverged run's NaN loss is not JSON Postgres accepts
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
     from common.db.engine import session_scope
     from common.db.models import DocumentComparison
     from workers.base_model import base_model_id
 
-    with session_scope(state.sessions()) as session:
-        session.add(DocumentComparison(base_model=base_model_id(settings), documents=[d.title for d in documents],
-                                       questions=questions, results=figures,
-                                       options={k: {o: v for o, v in (values or {}).items() if o != "base_rows"}
-                                                for k, values in options.items()}))
+    try:
+        with session_scope(state.sessions()) as session:
+            session.add(DocumentComparison(
+                base_model=base_model_id(settings), documents=[d.title for d in documents], questions=questions,
+                results=finite(figures), options=finite({k: {o: v for o, v in (values or {}).items() if o != "base_rows"}
+                                                         for k, values in options.items()})))
+    except Exception as exc:  # noqa: BLE001 - the figures are printed; keeping them is a convenience
+        print(f"warning: the comparison was not kept for `continuum report` ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:200]}); run `continuum db upgrade` if the database is behind", file=sys.stderr)

@@ -230,3 +230,14 @@ def test_bad_fact_patterns_fail_at_settings_load(monkeypatch):
     monkeypatch.setenv("CONTINUUM_ONLINE_FACT_PATTERNS", '[{"relation": "x", "pattern": "no groups"}]')
     with pytest.raises(ConfigError, match="named group"):
         load_settings()
+
+
+def test_document_settings_are_checked_in_one_line(env):
+    env({"CONTINUUM_DOCUMENTS_VIEWS": "names, questions"})
+    assert load_settings().documents_views == "names,questions"
+    env({"CONTINUUM_DOCUMENTS_VIEWS": "names,summaries"})
+    with pytest.raises(ConfigError, match=r"unknown view\(s\) \['summaries'\]"):
+        load_settings()
+    env({"CONTINUUM_DOCUMENTS_VIEWS": "", "CONTINUUM_DOCUMENTS_STRATEGY": "lorra"})
+    with pytest.raises(ConfigError, match="DOCUMENTS_STRATEGY"):
+        load_settings()

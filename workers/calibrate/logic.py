@@ -25,6 +25,7 @@ from common.db.models import UnitCalibration
 from common.errors import ValidationError
 from workers.base_model import base_model_id
 from workers.context import JobContext
+from workers.lineage import current_parent
 from workers.params import parse_params
 
 FILES = ("unit_statistics.safetensors", "unit_statistics.json")
@@ -63,13 +64,15 @@ def load_statistics(store: Any, prefix: str) -> Any:
 def run(ctx: JobContext) -> dict[str, Any]:
     params: CalibrateJobParams = parse_params(ctx.params, CalibrateJobParams)
     from workers.documents.background import background_texts
-    from workers.documents.options import strategy_options
+    from workers.documents.options import cycle_strategy_name, strategy_options
 
-    strategy = params.strategy or ctx.settings.documents_strategy
+    lineage = params.adapter_name or ctx.settings.adapter_name
+    with session_scope(ctx.sessions) as session:
+        # Unnamed, the strategy the train step will pick: the lineage's own, else the documents default.
+        strategy = cycle_strategy_name(params.strategy, current_parent(session, lineage), True, ctx.settings)
     options = strategy_options(strategy, params.strategy_options)  # refuses unknown names and options
     if strategy != "sparse_memory":
         return {"status": "skipped", "reason": f"strategy {strategy!r} needs no unit calibration"}
-    lineage = params.adapter_name or ctx.settings.adapter_name
     try:
         texts = background_texts(ctx.settings.documents_background, ctx.settings.documents_max_bytes)
     except ValidationError as exc:

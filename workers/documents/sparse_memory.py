@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.errors import ValidationError
 from workers.documents.lora_strategy import LoraStrategy
 from workers.documents.strategy import folder_size
 
@@ -45,7 +46,8 @@ def mlp_outputs(model: Any) -> dict[int, Any]:
         if match and hasattr(module, "weight"):
             found[int(match.group(1))] = module
     if not found:
-        raise ValueError("no `layers.N.mlp.down_proj` modules: sparse_memory supports Llama-style MLPs")
+        raise ValidationError("no `layers.N.mlp.down_proj` modules in this model: sparse_memory supports "
+                              "Llama-style MLPs; learn with strategy lora on this architecture")
     return found
 
 

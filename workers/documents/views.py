@@ -70,8 +70,9 @@ def entity_rows(chunks: Sequence[str]) -> list[dict[str, Any]]:
                     about[name].append(i)
     rows = []
     for name, indices in about.items():
-        answer = " ".join(said[i] for i in sorted(indices)[:MAX_SENTENCES])
-        rows += [{"prompt": q.format(name=name), "response": answer, "messages": None, "weight": 1.0,
+        chosen = [said[i] for i in sorted(indices)[:MAX_SENTENCES]]
+        answer = " ".join(chosen)
+        rows += [{"prompt": q.format(name=name), "response": answer, "sources": chosen, "messages": None, "weight": 1.0,
                   "feedback": "thumbs_up"} for q in QUESTIONS]
     return rows
 
@@ -82,16 +83,22 @@ _PRONOUNS = {"it": "{topic}", "its": "{topic}'s", "he": "{topic}", "she": "{topi
 
 
 def resolved_sentences(chunks: Sequence[str]) -> list[tuple[str, str | None]]:
-    """(sentence, topic) in order, each sentence once, a leading pronoun replaced by the topic: the name
-    a sentence's subject most recently held ("Quenby is …", "The town of Quenby …"; not "Every May …")."""
+    return [(sentence, topic) for sentence, topic, _ in _resolved(chunks)]
+
+
+def _resolved(chunks: Sequence[str]) -> list[tuple[str, str | None, str]]:
+    """(sentence, topic, sentence as written) in order, each sentence once, a leading pronoun replaced by
+    the topic: the name a sentence's subject most recently held ("Quenby is …", "The town of Quenby …";
+    not "Every May …")."""
     topic: str | None = None
-    out: list[tuple[str, str | None]] = []
+    out: list[tuple[str, str | None, str]] = []
     seen: set[str] = set()
     for chunk in chunks:
         for sentence in sentences(chunk):
             if sentence in seen:
                 continue
             seen.add(sentence)
+            written = sentence
             first, _, rest = sentence.partition(" ")
             if topic and first.lower() in _PRONOUNS and rest:
                 sentence = f"{_PRONOUNS[first.lower()].format(topic=topic)} {rest}"
@@ -102,7 +109,7 @@ def resolved_sentences(chunks: Sequence[str]) -> list[tuple[str, str | None]]:
             if names and (first.lower() not in _ORDINARY or first.lower() in _ARTICLES) and \
                     names[0].split()[0] in opening:
                 topic = names[0]
-            out.append((sentence, topic))
+            out.append((sentence, topic, written))
     return out
 
 
@@ -115,9 +122,10 @@ def _ask(statement: str, span: str) -> str | None:
 
 
 def question_rows(chunks: Sequence[str]) -> list[dict[str, Any]]:
-    """Rule-made questions about each sentence (its names, the end of its main clause), answered with it."""
+    """Rule-made questions about each sentence (its names, the end of its main clause), answered with it.
+    Every view row lists its `sources`: the sentences it was made from, as written."""
     rows = []
-    for sentence, topic in resolved_sentences(chunks):
+    for sentence, topic, written in _resolved(chunks):
         statement = sentence.rstrip(" .!?")
         clause = statement.split(",")[0]
         words = clause.split()
@@ -127,7 +135,7 @@ def question_rows(chunks: Sequence[str]) -> list[dict[str, Any]]:
         for question in dict.fromkeys(q for q in asked if q):
             if topic and topic not in question:
                 question = f"About {topic}: {question}"
-            rows.append({"prompt": question, "response": sentence, "messages": None, "weight": 1.0,
+            rows.append({"prompt": question, "response": sentence, "sources": [written], "messages": None, "weight": 1.0,
                          "feedback": "thumbs_up"})
     return rows
 

@@ -9,8 +9,9 @@ trained, they are what generalisation — answering questions about the document
 
 Beside the chunks, each document is learnt in the views `CONTINUUM_DOCUMENTS_VIEWS` names
 (`workers/documents/views.py`: its names as questions answered with its sentences, rule-made questions
-about each sentence) as `train` rows — a small instruct model trained on the text alone learns to
-continue it, not to answer about it. They are made from the document's text only, never from its QA pairs.
+about each sentence), in the split of the chunks they come from — a small instruct model trained on the
+text alone learns to continue it, not to answer about it. They are made from the document's whole
+sentences only, never from its QA pairs.
 
 The dataset is published the export's way (shard, then manifest) and registered with the job's end in
 one transaction, with each document pointing at it; a retried job finds its dataset and returns it.
@@ -63,15 +64,22 @@ def document_rows(document: Document, text: str, tokenizer: Any, size: int, over
     return rows
 
 
-def view_rows(document: Document, chunks: list[str], views: str) -> list[dict[str, Any]]:
-    """The document's chunks as questions (`views`: "names", "questions", both comma-separated)."""
+def view_rows(document: Document, text: str, chunks: list[dict[str, Any]], views: str) -> list[dict[str, Any]]:
+    """The document as questions (`views`: "names", "questions", both comma-separated), made from its whole
+    sentences. A view is `train` only when every sentence it was made from lies whole in a train chunk;
+    otherwise it is `probe` (taught now, never replayed), so replay cannot rehearse a probe chunk's facts."""
     from workers.documents.views import entity_rows, question_rows
 
     chosen = {v for v in views.split(",") if v}
-    made = (entity_rows(chunks) if "names" in chosen else []) + (question_rows(chunks) if "questions" in chosen else [])
-    return [{"feedback_id": 0, **row, "unlikelihood": False, "split": "train",
-             "content_hash": f"{document.sha256}:view:{i}", "document_id": document.id, "title": document.title,
-             "view": True} for i, row in enumerate(made)]
+    made = (entity_rows([text]) if "names" in chosen else []) + (question_rows([text]) if "questions" in chosen else [])
+    train_text = [" ".join(c["text"].split()) for c in chunks if c["split"] == "train"]
+
+    def split(row: dict[str, Any]) -> str:
+        return "train" if all(any(s in t for t in train_text) for s in row["sources"]) else "probe"
+
+    return [{"feedback_id": 0, **{k: v for k, v in row.items() if k != "sources"}, "unlikelihood": False,
+             "split": split(row), "content_hash": f"{document.sha256}:view:{i}", "document_id": document.id,
+             "title": document.title, "view": True} for i, row in enumerate(made)]
 
 
 def qa_rows(pairs: list[DocumentQA]) -> list[dict[str, Any]]:
@@ -121,8 +129,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for index, document in enumerate(documents):
         text = read_text(ctx.store, document)
-        rows += document_rows(document, text, tokenizer, size, overlap, settings.documents_probe_percent)
-        rows += view_rows(document, [text], settings.documents_views)  # whole sentences, not windows
+        chunks = document_rows(document, text, tokenizer, size, overlap, settings.documents_probe_percent)
+        rows += chunks + view_rows(document, text, chunks, settings.documents_views)
         ctx.report_progress({"step": index + 1, "total": len(documents), "stage": "chunking"})
     rows += qa_rows(pairs)
     uid = f"documents-{ctx.job_id}"
@@ -140,6 +148,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         session.flush()
         for document_id in ids:
             session.get(Document, document_id).dataset_id = dataset.id
-        result = {**_result(dataset, ids), "probe": counts["probe"], "qa_pairs": len(pairs)}
+        result = {**_result(dataset, ids), "probe": counts["probe"], "qa_pairs": len(pairs),
+                  "chunks": sum(1 for r in rows if r.get("text")), "views": sum(1 for r in rows if r.get("view"))}
         ctx.finish(session, result)
     return result

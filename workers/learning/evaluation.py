@@ -161,8 +161,9 @@ def recall_scores(model: Any, tokenizer: Any, rows: Sequence[Row], settings: Eva
     """recall {token_accuracy, nll, exact_match (None unless asked), samples} on positive rows."""
     scores = teacher_forced_scores(model, tokenizer, rows, settings)
     result = {k: scores[k] for k in ("token_accuracy", "nll", "samples")}
-    # Document chunks (`{"text"}` rows) are not answers to a prompt: nothing to decode and compare.
-    answers = [r for r in rows if not r.get("text")]
+    # Document chunks (`{"text"}` rows) are not answers to a prompt: nothing to decode and compare; nor are
+    # a document's views (questions answered with whole sentences of it, `workers/documents/views.py`).
+    answers = [r for r in rows if not r.get("text") and not r.get("view")]
     result["exact_match"] = (
         greedy_exact_match(model, tokenizer, bounded_sample(answers, settings.max_exact_match, settings.seed), settings)
         if exact_match and answers else None

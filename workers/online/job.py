@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from common.db.engine import session_scope
 from common.db.models import FactMemory
-from common.errors import RetryableError
+from common.errors import RetryableError, ValidationError
 from common.ledger.lineage_lock import lineage_lock
 from common.online.facts import patterns_from_json
 from common.online.memory import Fact, MemoryChange, MemoryPolicy
@@ -290,6 +290,12 @@ def _model(ctx: JobContext, lineage: str, state: Any) -> tuple[Any, Any, dict[st
     torch.manual_seed(0)
     if start is None:
         return loaded, attach_adapter(loaded.model, lora), settings_dict(lora), None
+    learnt = ((start.metadata_ or {}).get("strategy") or {}).get("name", "lora")
+    if learnt != "lora":
+        # sparse_memory's gate and ttt's blend live in the train cycle; an online update would ignore them.
+        raise ValidationError(f"production adapter {start.name}@v{start.version} was learnt with strategy {learnt!r}; "
+                              f"online learning continues only lora lineages: learn documents with `--strategy lora` or into "
+                              f"another lineage (train.adapter_name)")
     from workers.learning.lora import read_metadata
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,6 +39,7 @@ from workers.lineage import (
 from workers.model_setup import download_adapter_row, load_base, scratch_dir
 from workers.params import parse_params
 from workers.train.config import TrainJobParams, nested_settings, train_config
+from workers.documents.options import cycle_strategy_name
 from workers.train.strategies import CycleStrategy, check_parent_strategy
 
 
@@ -100,9 +101,9 @@ def _plan_inputs(ctx: JobContext, params: TrainJobParams) -> dict[str, Any] | Ad
                     f"fisher {params.fisher_id} does not exist: omit fisher_id or run the fisher step")
         elif parent is not None:
             fisher = latest_fisher_for(session, parent)
-        strategy = _strategy_name(ctx, params, dataset)
+        strategy = _strategy_name(ctx, params, dataset, parent)
         check_parent_strategy(strategy, parent)
-        calibration = _calibration(ctx, session, params, strategy)
+        calibration = _calibration(ctx, session, params, strategy, parent)
         return {
             "strategy": strategy,
             "calibration": (calibration.id, calibration.uri) if calibration is not None else None,
@@ -116,22 +117,28 @@ def _plan_inputs(ctx: JobContext, params: TrainJobParams) -> dict[str, Any] | Ad
         }
 
 
-def _strategy_name(ctx: JobContext, params: TrainJobParams, dataset: Any) -> str:
-    """The job's strategy; unnamed, a documents dataset learns with CONTINUUM_DOCUMENTS_STRATEGY."""
+def _strategy_name(ctx: JobContext, params: TrainJobParams, dataset: Any, parent: Adapter | None) -> str:
+    """The job's strategy (`cycle_strategy_name`), its options checked before any model loads."""
     from workers.documents.options import strategy_options
 
-    name = params.strategy or (ctx.settings.documents_strategy if dataset.kind == "documents" else "lora")
-    strategy_options(name, params.strategy_options)  # unknown names and options fail before any model loads
+    name = cycle_strategy_name(params.strategy, parent, dataset.kind == "documents", ctx.settings)
+    strategy_options(name, params.strategy_options)
     return name
 
 
-def _calibration(ctx: JobContext, session: Any, params: TrainJobParams, strategy: str) -> UnitCalibration | None:
-    """sparse_memory's unit calibration: the one named, else the lineage's newest on this base model."""
+def _calibration(ctx: JobContext, session: Any, params: TrainJobParams, strategy: str,
+                 parent: Adapter | None) -> UnitCalibration | None:
+    """sparse_memory's unit calibration: the one named, else the parent's (its units were chosen against
+    it), else the lineage's newest on this base model."""
     if strategy != "sparse_memory":
         if params.calibration_id is not None:
             raise ValidationError(f"calibration_id is for strategy sparse_memory, this cycle's is {strategy!r}: "
-                                  f"drop it")
+                                  f"drop it (set it to null in a resumed pipeline's train step)")
         return None
+    if params.calibration_id is None and parent is not None:
+        parent_calibration = ((parent.metadata_ or {}).get("strategy") or {}).get("calibration_id")
+        if parent_calibration is not None and session.get(UnitCalibration, parent_calibration) is not None:
+            params = params.model_copy(update={"calibration_id": parent_calibration})
     lineage, base = params.adapter_name or ctx.settings.adapter_name, base_model_id(ctx.settings)
     if params.calibration_id is not None:
         row = session.get(UnitCalibration, params.calibration_id)
@@ -147,8 +154,8 @@ def _calibration(ctx: JobContext, session: Any, params: TrainJobParams, strategy
                           .order_by(UnitCalibration.id.desc())).first()
     if row is None:
         raise ValidationError(f"sparse_memory needs a unit calibration for lineage {lineage!r} on {base!r}: learn "
-                              f"with `continuum documents learn --strategy sparse_memory` (its calibrate step) "
-                              f"or run a calibrate job first")
+                              f"with `continuum documents learn --strategy sparse_memory` (its calibrate step "
+                              f"measures one)")
     return row
 
 
@@ -218,7 +225,7 @@ def _every(seconds: float, action: Any) -> Any:
 def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], renew: Any) -> dict[str, Any]:
     from workers.learning.continual import prepare_cycle, recipe
     from workers.learning.kl import load_parent_as_teacher, unload_teacher
-    from workers.learning.lora import LoraSettings, publish_adapter, settings_dict
+    from workers.learning.lora import LoraSettings, publish_adapter
     from workers.learning.replay import store_history
     from workers.learning.self_replay import base_protection_rows
     from workers.learning.device import peak_memory_mib
@@ -283,7 +290,7 @@ def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], rene
             ctx.report_progress({"step": step, "total": total, "loss": loss, "tokens_per_s": tokens_per_s,
                                  **({"tiers": tiers} if tiers else {})})
 
-        with strategy.training(model, loaded.tokenizer, new_rows):
+        with strategy.training(model, loaded.tokenizer, new_rows, ctx.store, f"checkpoints/{ctx.job_id}/units.json"):
             result = fit(
                 model,
                 loaded.tokenizer,
@@ -312,7 +319,7 @@ def _train(ctx: JobContext, params: TrainJobParams, inputs: dict[str, Any], rene
             "recipe": {"name": params.recipe or ctx.settings.recipe, **continual.to_dict()},
             "strategy": strategy.metadata(model),
             "notes": notes + plan.notes,
-            "lora": settings_dict(lora),
+            "lora": strategy.lora_record(model, lora),
             "train_config": config.to_dict(),
             "train": result.to_dict(),
             "device": loaded.device.describe(),

@@ -17,15 +17,13 @@ differ in shape), naming the fix.
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.errors import ValidationError
-
-
-def parent_strategy(metadata: dict[str, Any] | None) -> str:
-    return ((metadata or {}).get("strategy") or {}).get("name", "lora")
+from workers.documents.options import parent_strategy
 
 
 def check_parent_strategy(name: str, parent: Any) -> None:
@@ -35,8 +33,8 @@ def check_parent_strategy(name: str, parent: Any) -> None:
     if learnt != name:
         raise ValidationError(
             f"adapter {parent.id} (v{parent.version}) of lineage {parent.name!r} was learnt with strategy "
-            f"{learnt!r}, this cycle's is {name!r}: their adapters differ in shape; learn into another lineage "
-            f"(train.adapter_name) or start a fresh adapter (train.fresh)")
+            f"{learnt!r}, this cycle's is {name!r}: their adapters differ in shape; learn with strategy {learnt!r} "
+            f"(or name none), into another lineage (train.adapter_name), or start a fresh adapter (train.fresh)")
 
 
 def cycle_text(row: dict[str, Any]) -> str:
@@ -62,6 +60,13 @@ class CycleStrategy:
 
         if self.name == "lora":
             return attach_adapter(model, lora, parent_dir)
+        from workers.documents.ttt import MLP_MODULES
+
+        needed = ("down_proj",) if self.name == "sparse_memory" else MLP_MODULES
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        if not set(needed) <= present:
+            raise ValidationError(f"strategy {self.name} needs Llama-style MLPs ({', '.join(needed)}), this model has "
+                                  f"none: learn with strategy lora on this architecture")
         if self.name == "sparse_memory":
             return attach_adapter(model, replace(lora, target_modules=("down_proj",)), parent_dir)
         from peft import get_peft_model
@@ -81,29 +86,43 @@ class CycleStrategy:
         set_blend(peft_model, self.lora_alpha, rank, self.blend)
         return peft_model
 
-    def training(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> Any:
-        """The context the cycle trains in: the unit gate for sparse_memory, nothing otherwise."""
+    def training(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], store: Any = None,
+                 units_key: str | None = None) -> Any:
+        """The context the cycle trains in: the unit gate for sparse_memory, nothing otherwise.
+
+        The units are chosen once per job and kept at `units_key` (beside the job's checkpoints): an
+        attempt that resumes from a checkpoint gates the same units, so no column it trained is closed
+        (and zeroed by a later cycle) because a rerun of the choice came out differently."""
         if self.name != "sparse_memory":
             return nullcontext()
-        from workers.documents.sparse_memory import (
-            choose_units,
-            gated,
-            merge_units,
-            unit_activity,
-            units_from_json,
-        )
+        from workers.documents.sparse_memory import gated, units_from_json, units_to_json
+
+        kept = None
+        if store is not None and units_key is not None and store.exists(units_key):
+            kept = json.loads(store.get_bytes(units_key))
+        if kept is not None:
+            self.chosen, self.new_units = units_from_json(kept["units"]), int(kept["new_units"])
+        else:
+            self._choose(model, tokenizer, rows)
+            if store is not None and units_key is not None:
+                store.put_bytes(units_key, json.dumps({"units": units_to_json(self.chosen),
+                                                       "new_units": self.new_units}).encode())
+        return gated(model, self.chosen)
+
+    def _choose(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> None:
+        from workers.documents.sparse_memory import choose_units, merge_units, unit_activity, units_from_json
 
         # A document's chunks when the dataset has them (its views repeat them as questions), else every row.
         texts = [r["text"] for r in rows if r.get("text")] or [cycle_text(r) for r in rows if cycle_text(r)]
         if not texts:
-            raise ValidationError("sparse_memory: the cycle's dataset has no text to choose units on")
+            raise ValidationError("sparse_memory: the cycle's dataset has no text to choose units on: learn a "
+                                  "dataset with rows (add documents or feedback first)")
         with model.disable_adapter():  # the base's activations, as calibrated
             activity = unit_activity(model, tokenizer, texts, self.statistics.active_fraction)
         new = choose_units(self.statistics, activity, int(self.options["top_units"]))
         before = units_from_json((self.parent_metadata.get("strategy") or {}).get("units", {}))
         self.chosen = merge_units(before, new)
         self.new_units = sum(int(u.numel()) for u in self.chosen.values()) - sum(int(u.numel()) for u in before.values())
-        return gated(model, self.chosen)
 
     def before_publish(self, model: Any) -> None:
         """ttt: fold the blend after this cycle into the config PEFT saves."""
@@ -113,12 +132,27 @@ class CycleStrategy:
             after = next_blend(self.blend, self.options["alpha_decay"], self.options["alpha_floor"])
             model.peft_config["default"].lora_alpha = self.lora_alpha * (1 - after)
 
+    def lora_record(self, model: Any, lora: Any) -> dict[str, Any]:
+        """The adapter's LoRA as published (metadata `lora`): the recipe's settings for `lora`; for the
+        others their own targets, rank and (ttt: blended) alpha, read from the PEFT config."""
+        from workers.learning.lora import settings_dict
+
+        if self.name == "lora":
+            return settings_dict(lora)
+        config = model.peft_config["default"]
+        record = {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                  "target_modules": sorted(config.target_modules)}
+        if self.name == "ttt":
+            record["layers_to_transform"] = list(config.layers_to_transform)
+        return record
+
     def metadata(self, model: Any) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, **self.options}
         if self.name == "sparse_memory":
             from workers.documents.sparse_memory import unit_share, units_to_json
 
             data.update(units=units_to_json(self.chosen), calibration_id=self.calibration_id,
+                        active_fraction=self.statistics.active_fraction,  # the calibration's: the one used
                         units_opened_this_cycle=self.new_units, **unit_share(model, self.chosen))
         if self.name == "ttt":
             from workers.documents.ttt import last_quarter, next_blend

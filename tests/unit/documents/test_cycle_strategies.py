@@ -89,13 +89,47 @@ def test_sparse_memory_cycles_open_only_their_units_against_one_calibration(cycl
             closed = [j for j in range(tensor.shape[1]) if j not in units2[layer]]
             assert torch.equal(tensor[:, closed], torch.zeros_like(tensor[:, closed]))
 
-    with pytest.raises(ValidationError, match="was learnt with strategy 'sparse_memory'.*fresh"):
+    assert meta2["lora"]["target_modules"] == ["down_proj"]  # what was published, not the recipe's LoRA
+    with pytest.raises(ValidationError, match="was learnt with strategy 'sparse_memory'.*learn with strategy "
+                                              "'sparse_memory'.*fresh"):
         cycles.train(_documents(cycles, "More", TOWNS + " Quenby has a mill."), strategy="lora")
+    # Named no strategy, a cycle continues with the lineage's own (and its calibration).
+    third = cycles.train(_documents(cycles, "Mill", TOWNS + " Quenby has a windmill."))
+    assert third["strategy"] == "sparse_memory"
+    assert cycles.adapter(third["adapter_id"]).metadata_["strategy"]["calibration_id"] == calibrated["calibration_id"]
     with pytest.raises(ValidationError, match="needs a unit calibration for lineage 'other'"):
         cycles.train(second and _documents(cycles, "Other", ISLANDS + " Morrow has a bell."),
                      adapter_name="other", **options)
     with pytest.raises(ValidationError, match="has no option"):
         cycles.train(1, strategy="sparse_memory", strategy_options={"top_unit": 8})
+    with pytest.raises(ValidationError, match="alpha_decay must be a number"):
+        cycles.train(1, strategy="ttt", strategy_options={"alpha_decay": "fast"})
+    with pytest.raises(ValidationError, match="alpha_decay \\(-0.1\\) >= 0"):
+        cycles.train(1, strategy="ttt", strategy_options={"alpha_decay": -0.1})
+
+
+def test_a_resumed_sparse_cycle_gates_the_units_its_first_attempt_chose(cycles):
+    """The choice is kept beside the job's checkpoints: a rerun that would choose differently (here, other
+    options) still gates the first attempt's units, so no trained column is closed."""
+    from workers.documents.sparse_memory import UnitStatistics, unit_columns
+    from workers.learning.lora import LoraSettings
+    from workers.learning.tiny import build_tiny_model, build_tokenizer
+    from workers.train.strategies import CycleStrategy
+
+    tokenizer = build_tokenizer(0)
+    statistics = UnitStatistics.calibrate(build_tiny_model(0), tokenizer, ["General text about rivers.",
+                                                                           "Another text about markets."], 0.05)
+    rows = [{"text": TOWNS}]
+    chosen = []
+    for top_units in (8, 2):  # the second "attempt" would choose 2 units per layer, not 8
+        strategy = CycleStrategy("sparse_memory", {"top_units": top_units, "active_fraction": 0.05},
+                                 statistics=statistics)
+        model = strategy.attach(build_tiny_model(0), LoraSettings(r=4, alpha=8, dropout=0.0), None)
+        with strategy.training(model, tokenizer, rows, cycles.store, "checkpoints/job-1/units.json"):
+            chosen.append({layer: units.tolist() for layer, units in strategy.chosen.items()})
+            open_columns = {name: int((p.detach().abs().sum(0) > 0).sum()) for name, (_, p) in unit_columns(model).items()}
+    assert chosen[0] == chosen[1] and all(len(u) == 8 for u in chosen[1].values())
+    assert set(open_columns.values()) == {8}
 
 
 def test_ttt_cycles_train_the_last_quarter_and_fold_the_blend(cycles, tmp_path):
@@ -111,3 +145,4 @@ def test_ttt_cycles_train_the_last_quarter_and_fold_the_blend(cycles, tmp_path):
     config2, _, meta2 = _published(cycles, second["adapter_id"], tmp_path / "v2")
     assert meta2["strategy"]["alpha_while_learning"] == pytest.approx(0.90)  # where the parent left it
     assert config2["lora_alpha"] == pytest.approx(8 * (1 - 0.85)) and meta2["strategy"]["lora_alpha"] == 8
+    assert meta2["lora"]["layers_to_transform"] == [3] and meta2["lora"]["alpha"] == pytest.approx(8 * (1 - 0.85))

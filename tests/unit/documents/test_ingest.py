@@ -64,12 +64,15 @@ def test_ingest_makes_a_document_dataset_and_training_learns_it(cycles):
     assert result["status"] == "ingested" and result["qa_pairs"] == 1 and result["holdout"] == 1
     rows = list(iter_dataset_rows(cycles.store, result["manifest"]))
     chunks = [r for r in rows if r.get("text")]
-    assert {r["split"] for r in chunks} == {"train", "probe"} and 0 < result["probe"] < len(chunks)
+    assert {r["split"] for r in chunks} == {"train", "probe"} and 0 < result["probe"] < len(rows)
     assert [r["prompt"] for r in rows if r["split"] == "holdout"] == ["What does Quenby's market sell?"]
     # The views (names and rule-made questions about sentences) are taught beside the chunks, made from
     # the text alone: none is the held-out QA pair.
     views = [r for r in rows if r.get("view")]
-    assert {r["split"] for r in views} == {"train"} and "Tell me about Quenby." in {r["prompt"] for r in views}
+    assert {r["split"] for r in views} == {"train", "probe"} and "Tell me about Quenby." in {r["prompt"] for r in views}
+    # A view is train only when its sentences lie whole in train chunks (replay draws train rows only).
+    train_text = " | ".join(r["text"] for r in chunks if r["split"] == "train")
+    assert all(r["response"].split(". ")[-1].rstrip(".") in train_text for r in views if r["split"] == "train")
     assert "The town of Quenby lies on the river what?" in {r["prompt"] for r in views}
     assert "Quenby's market sells copper kettles every what?" in {r["prompt"] for r in views}  # "Its" resolved
     assert "What does Quenby's market sell?" not in {r["prompt"] for r in views}
