@@ -112,7 +112,8 @@ def test_sparse_memory_forgets_less_than_plain_lora_at_the_same_document_loss():
     model, tokenizer = _pretrained_tiny()
     general, held_out = list(BACKGROUND[:16]), list(BACKGROUND[16:])  # calibration / forgetting probe
     # Bare strategies (no question views, no base protection): the gate is the only difference.
-    options = {"epochs": 1, "learning_rate": 1e-2, "rank": 8, "alpha": 16, "views": False, "protect": False}
+    options = {"epochs": 1, "learning_rate": 1e-2, "rank": 8, "alpha": 16, "views": False, "questions": False,
+               "protect": False}
     lora = LoraStrategy(copy.deepcopy(model), tokenizer, target_modules=("down_proj",), **options)
     sparse = SparseMemoryStrategy(copy.deepcopy(model), tokenizer, top_units=16, background=general, **options)
     before = _mean_loss(lora, held_out)
