@@ -90,17 +90,22 @@ def online_rows(data: ReportData, last: int = 10) -> list[dict[str, str]]:
     return rows
 
 
+def _html_table(rows: list[dict[str, str]], text_columns: tuple[str, ...]) -> str:
+    """Rows of strings as an HTML table; `text_columns` left-aligned, the rest numbers."""
+    header = "".join(f"<th>{escape(name)}</th>" for name in rows[0])
+    body = "".join("<tr>" + "".join(
+        f'<td class="text">{escape(v)}</td>' if k in text_columns else f"<td>{escape(v)}</td>"
+        for k, v in row.items()) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def online_table(data: ReportData) -> str:
     rows = online_rows(data)
     if not rows:
         return ""
-    header = "".join(f"<th>{escape(name)}</th>" for name in rows[0])
-    body = "".join("<tr>" + "".join(
-        f'<td class="text">{escape(v)}</td>' if k in ("lineage", "finished", "published") else f"<td>{escape(v)}</td>"
-        for k, v in row.items()) + "</tr>" for row in rows)
     return (f"<h2>Online learning</h2><p>The last online jobs of each lineage (stability, plasticity and "
             f"forgetting after each; the plot below has them all).</p>"
-            f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+            + _html_table(rows, ("lineage", "finished", "published")))
 
 
 def _size(value: int | None) -> str:
@@ -128,15 +133,11 @@ def comparison_table(data: ReportData) -> str:
     rows = comparison_rows(data)
     if not rows:
         return ""
-    header = "".join(f"<th>{escape(name)}</th>" for name in rows[0])
-    body = "".join("<tr>" + "".join(
-        f'<td class="text">{escape(v)}</td>' if k in ("compared", "strategy", "documents") else f"<td>{escape(v)}</td>"
-        for k, v in row.items()) + "</tr>" for row in rows)
     return (f"<h2>Learning from documents</h2><p>The recorded <code>continuum documents compare</code> runs: each "
             f"strategy learnt the same documents from the base model; QA accuracy on questions about them, general "
             f"retention and the forgetting ratio (before − after) / before on the general questions. Retrieval "
             f"changes no weight: the baseline every weight-changing strategy is compared with.</p>"
-            f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+            + _html_table(rows, ("compared", "strategy", "documents")))
 
 
 def render_page(data: ReportData, plots: list[Plot]) -> str:
